@@ -1,0 +1,190 @@
+"""Wiring: builds the daemon's services from its settings, and owns the shutdown order.
+
+    SNSDaemon (MultiService)
+      ├── breaker      CircuitBreaker: state machine, cooldown timer
+      ├── pool         WorkerPool: the sized thread pool jobs run on
+      ├── dispatcher   Dispatcher: spool -> breaker -> pool -> sink -> spool
+      └── http         StreamServerEndpointService(Site(SNSEndpoint))
+
+``MultiService`` would stop its children all at once; a graceful drain needs an order:
+refuse new work, let running jobs finish (bounded), stop listening, close the spool, stop
+the pool.  That order lives in :meth:`SNSDaemon.stopService` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import treq
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from snsd.breaker import CircuitBreaker
+from snsd.dispatcher import Dispatcher
+from snsd.pool import WorkerPool
+from snsd.sinks import JSONLinesSink, S3ResultSink
+from snsd.spool import SQLiteSpool
+from snsd.trust.certs import CertificateStore
+from snsd.trust.confirm import SubscriptionConfirmer
+from snsd.trust.dedup import DedupCache
+from snsd.trust.hosts import HostTrust
+from snsd.trust.topics import TopicAllowList
+from snsd.trust.verifier import MessageVerifier
+from snsd.web import SNSEndpoint, make_site
+
+log = Logger()
+
+
+class SNSDaemon(MultiService):
+    def __init__(
+        self,
+        *,
+        endpoint: SNSEndpoint,
+        dispatcher: Dispatcher,
+        spool: SQLiteSpool,
+        pool: WorkerPool,
+        breaker: CircuitBreaker,
+        http: StreamServerEndpointService,
+        sink,
+        dedup,
+        settings: dict,
+    ):
+        super().__init__()
+        self.endpoint = endpoint
+        self.dispatcher = dispatcher
+        self.spool = spool
+        self.pool = pool
+        self.breaker = breaker
+        self.http = http
+        self.sink = sink
+        self.dedup = dedup
+        self.settings = settings
+        for service in (breaker, pool, dispatcher, http):
+            service.setServiceParent(self)
+
+    def startService(self):
+        MultiService.startService(self)
+        self._announce()
+        opened = self.spool.open(dedup_ttl=self.settings["dedup-ttl"])
+        opened.addCallback(self._recovered)
+        opened.addErrback(lambda f: log.failure("could not open the spool {path}", f, path=self.spool.path))
+
+    def _recovered(self, recovery):
+        for message_id, accepted_at in recovery.recent_message_ids:
+            self.dedup.remember(message_id, accepted_at)
+        self.dispatcher.start(recovery)
+        log.info("ready: {pending} records pending in {spool}", pending=recovery.pending, spool=self.spool.path)
+
+    @inlineCallbacks
+    def stopService(self):
+        timeout = self.settings["drain-timeout"]
+        self.endpoint.draining = True
+        log.info(
+            "draining: waiting up to {timeout}s for {running} running jobs; {pending} pending stay spooled",
+            timeout=timeout,
+            running=self.dispatcher.running,
+            pending=self.dispatcher.pending,
+        )
+        finished = yield self.dispatcher.drain(timeout)
+        if not finished:
+            log.warn(
+                "drain timed out with {running} jobs running; they stay spooled and run again at next start",
+                running=self.dispatcher.running,
+            )
+        if self.spool.in_memory:
+            # Nothing survives this process: log every record still owed a result.
+            yield self.dispatcher.dead_letter_unstarted("drain_timeout")
+        yield self.http.stopService()
+        yield self.spool.close()
+        self.pool.stop(join=finished)
+        self.sink.close()
+        yield MultiService.stopService(self)
+        log.info("stopped")
+
+    def _announce(self) -> None:
+        s = self.settings
+        log.info(
+            "snsd listening on {port} with {workers} workers, breaker mode {mode}, spool {spool}, results to {sink}",
+            port=s["port"],
+            workers=s["workers"],
+            mode=s["breaker-mode"],
+            spool=s["spool"],
+            sink=self.sink.describe(),
+        )
+        if not s["verify-signatures"]:
+            log.warn("signature verification is OFF: any POST is trusted. Use only for local experiments.")
+        if s["trusted-host"]:
+            log.warn(
+                "trusting emulator hosts {hosts} for certificates and subscription URLs (http allowed)",
+                hosts=", ".join(s["trusted-host"]),
+            )
+        if not s["topic-arn"]:
+            log.warn("no --topic-arn given: messages from every topic are accepted")
+        if s["spool"] == ":memory:":
+            log.warn("--spool :memory: keeps accepted records in memory only; a crash loses them")
+
+
+def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
+    clock = reactor
+    breaker = CircuitBreaker(
+        clock,
+        max_failures=settings["breaker-max-failures"],
+        cooldown=settings["breaker-cooldown"],
+        max_cooldown=settings["breaker-max-cooldown"],
+        half_open_successes=settings["breaker-half-open-successes"],
+    )
+    pool = WorkerPool(reactor, settings["workers"])
+    spool = SQLiteSpool(reactor, settings["spool"])
+    if settings["dry-run"]:
+        sink = JSONLinesSink(settings["results"])
+    else:
+        sink = S3ResultSink(settings["results-bucket"], settings["results-prefix"])
+    dispatcher = Dispatcher(
+        spool,
+        pool,
+        breaker,
+        settings["job"],
+        sink,
+        clock,
+        workers=settings["workers"],
+        breaker_mode=settings["breaker-mode"],
+        max_pending=settings["max-pending"],
+    )
+    host_trust = HostTrust(settings["trusted-host"])
+    verifier = MessageVerifier(
+        CertificateStore(http_client, clock, host_trust),
+        host_trust,
+        TopicAllowList(settings["topic-arn"]),
+        clock,
+        max_age=settings["max-age"],
+        verify_signatures=settings["verify-signatures"],
+    )
+    dedup = DedupCache(clock, ttl=settings["dedup-ttl"])
+    endpoint = SNSEndpoint(
+        verifier=verifier,
+        confirmer=SubscriptionConfirmer(http_client, host_trust),
+        dedup=dedup,
+        dispatcher=dispatcher,
+        breaker=breaker,
+        pool=pool,
+        clock=clock,
+        breaker_mode=settings["breaker-mode"],
+        ack=settings["ack"],
+        max_body=settings["max-body"],
+        basic_auth=settings["basic-auth"],
+        allow_raw_delivery=settings["allow-raw-delivery"],
+    )
+    http = StreamServerEndpointService(serverFromString(reactor, settings["port"]), make_site(endpoint))
+    http.setName("http")
+    return SNSDaemon(
+        endpoint=endpoint,
+        dispatcher=dispatcher,
+        spool=spool,
+        pool=pool,
+        breaker=breaker,
+        http=http,
+        sink=sink,
+        dedup=dedup,
+        settings=settings,
+    )

@@ -1,0 +1,295 @@
+"""The dispatcher: feeds spooled records to the worker pool as workers free up and the
+breaker allows, and records each outcome before the record leaves the spool.
+
+It keeps only counters in memory; the records themselves stay in the spool, so a burst of
+any size costs the same memory and a crash loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+from snsd import metrics
+from snsd.breaker import CircuitBreaker, State
+from snsd.envelope import SNSEnvelope
+from snsd.records import S3ObjectRecord
+from snsd.spool import SpooledRecord
+
+log = Logger()
+
+SKIP, REJECT, SPOOL = "skip", "reject", "spool"
+BREAKER_MODES = (SKIP, REJECT, SPOOL)
+
+
+class Backpressure(Exception):
+    """Too many records are waiting; the message is refused and nothing is recorded."""
+
+
+class Dispatcher(Service):
+    name = "dispatcher"
+
+    def __init__(
+        self,
+        spool,
+        pool,
+        breaker: CircuitBreaker,
+        job,
+        sink,
+        clock,
+        *,
+        workers: int,
+        breaker_mode: str = SKIP,
+        max_pending: int = 10_000,
+    ):
+        self.spool = spool
+        self.pool = pool
+        self.breaker = breaker
+        self.job = job
+        self.sink = sink
+        self.clock = clock
+        self.workers = workers
+        self.breaker_mode = breaker_mode
+        self.max_pending = max_pending
+        self.pending = 0  # records spooled and not yet claimed (or reserved by an in-flight add)
+        self.running = 0
+        self.ready = False
+        self.draining = False
+        self._cursor = 0  # highest record id claimed since start
+        self._claiming = False
+        self._waiters: dict[int, list[Deferred]] = {}
+        self._idle: list[Deferred] = []
+        breaker.on_change(self._breaker_changed)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, recovery) -> None:
+        """Called once the spool is open, with what the restart found."""
+        self.pending = recovery.pending
+        metrics.SPOOL_PENDING.set(self.pending)
+        self.ready = True
+        if recovery.pending:
+            log.info("recovered {pending} spooled records; running them again", pending=recovery.pending)
+        self._pump()
+
+    def drain(self, timeout: float) -> Deferred:
+        """Stop starting jobs; fire with True once running jobs end, False at the timeout."""
+        self.draining = True
+        self.ready = False
+        if self.running == 0:
+            return succeed(True)
+        done = Deferred()
+        self._idle.append(done)
+        timer = self.clock.callLater(timeout, lambda: done.called or done.callback(False))
+        done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return done
+
+    def dead_letter_unstarted(self, reason: str) -> Deferred:
+        """At the end of an in-memory spool's drain: every record left becomes a logged dead letter."""
+
+        def log_each(rows):
+            for record_id, message_id, record in rows:
+                log.critical(
+                    "record {record_id} of {message_id} not started before shutdown: dead letter {record}",
+                    record_id=record_id,
+                    message_id=message_id,
+                    record=record,
+                    reason=reason,
+                )
+                metrics.DEAD_LETTERS.labels(reason=reason).inc()
+            return len(rows)
+
+        return self.spool.dead_letter_remaining(0, reason).addCallback(log_each)
+
+    # -- the web layer's calls -------------------------------------------------------------
+
+    def accept(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
+        """Spool a message's records; fires with their ids once they are durably recorded."""
+        if self.pending + len(records) > self.max_pending:
+            raise Backpressure(f"{self.pending} records pending (max {self.max_pending})")
+        # Reserve before the write so concurrent messages cannot overshoot the cap.
+        self.pending += len(records)
+
+        def spooled(ids):
+            metrics.SPOOL_PENDING.set(self.pending)
+            self._pump()
+            return ids
+
+        def failed(failure):
+            self.pending -= len(records)
+            return failure
+
+        return self.spool.add(envelope, records).addCallbacks(spooled, failed)
+
+    def skip(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
+        """The breaker is open in ``skip`` mode: keep the records as dead letters."""
+        metrics.DEAD_LETTERS.labels(reason="breaker_open").inc(len(records))
+        return self.spool.add_dead_letters(envelope, records, "breaker_open")
+
+    def when_done(self, record_ids) -> Deferred:
+        """Fire with True when every record succeeded, False when any failed (``--ack after-job``)."""
+        waits = []
+        for record_id in record_ids:
+            d = Deferred()
+            self._waiters.setdefault(record_id, []).append(d)
+            waits.append(d)
+        return DeferredList(waits).addCallback(lambda results: all(ok and value for ok, value in results))
+
+    # -- feeding the pool ------------------------------------------------------------------
+
+    def _breaker_changed(self, state: State) -> None:
+        if state in (State.CLOSED, State.HALF_OPEN):
+            self._pump()
+
+    def _pump(self) -> None:
+        if self._claiming or self.draining or not self.ready or self.pending <= 0:
+            return
+        free = self.workers - self.running
+        if free <= 0:
+            return
+        permits = []
+        while len(permits) < free:
+            permit = self.breaker.acquire()
+            if permit is None:
+                break
+            permits.append(permit)
+        if not permits:
+            if self.breaker_mode == SKIP and self.breaker.state in (State.OPEN, State.FORCED_OPEN):
+                self._claim(free, permits=None)
+            return
+        self._claim(len(permits), permits)
+
+    def _claim(self, limit: int, permits) -> None:
+        self._claiming = True
+
+        def claimed(batch: list[SpooledRecord]):
+            self._claiming = False
+            if batch:
+                self._cursor = max(self._cursor, batch[-1].id)
+            self.pending = max(0, self.pending - len(batch))
+            metrics.SPOOL_PENDING.set(self.pending)
+            if permits is None:
+                for spooled in batch:
+                    self._skip_spooled(spooled)
+            else:
+                for spooled, permit in zip(batch, permits, strict=False):
+                    self._start(spooled, permit)
+                for permit in permits[len(batch) :]:
+                    self.breaker.release(permit)
+            if batch:
+                self._pump()
+
+        def failed(failure):
+            self._claiming = False
+            for permit in permits or ():
+                self.breaker.release(permit)
+            log.failure("spool claim failed", failure)
+
+        self.spool.claim(self._cursor, limit).addCallbacks(claimed, failed)
+
+    def _skip_spooled(self, spooled: SpooledRecord) -> None:
+        metrics.DEAD_LETTERS.labels(reason="breaker_open").inc()
+        self.spool.dead_letter(spooled.id, "breaker_open", None).addBoth(self._settled, spooled.id, False)
+
+    def _start(self, spooled: SpooledRecord, permit) -> None:
+        self.running += 1
+        metrics.JOBS_RUNNING.inc()
+        d = self.pool.submit(self._run_in_thread, spooled)
+        d.addCallback(self._finished, spooled, permit)
+        d.addErrback(self._crashed, spooled, permit)
+
+    def _run_in_thread(self, spooled: SpooledRecord) -> dict:
+        """Run the job and record its result; in a worker thread."""
+        record = spooled.record
+        started = time.time()
+        line = dict(record.to_dict())
+        try:
+            result, error, error_kind, status = self.job(record), None, None, "ok"
+        except Exception as e:
+            result, error, error_kind, status = None, str(e) or type(e).__name__, _error_kind(e), "error"
+        finished = time.time()
+        line.update(
+            status=status,
+            result=result,
+            error=error,
+            error_kind=error_kind,
+            started_at=_iso(started),
+            finished_at=_iso(finished),
+            duration_ms=round((finished - started) * 1000, 3),
+            worker=threading.current_thread().name,
+            attempt=spooled.attempts,
+        )
+        self.sink.write(line)
+        return line
+
+    def _finished(self, line: dict, spooled: SpooledRecord, permit) -> None:
+        self.running -= 1
+        metrics.JOBS_RUNNING.dec()
+        metrics.JOB_DURATION.observe(line["duration_ms"] / 1000)
+        verdict = (line["result"] or {}).get("verdict", "none") if isinstance(line["result"], dict) else "none"
+        metrics.JOBS.labels(outcome=line["status"], verdict=verdict).inc()
+        if line["status"] == "ok":
+            self.breaker.succeeded(permit)
+            done = self.spool.complete(spooled.id)
+            ok = True
+            log.debug(
+                "job ok {bucket}/{key} {verdict} in {duration_ms}ms",
+                bucket=line["bucket"],
+                key=line["key"],
+                verdict=verdict,
+                duration_ms=line["duration_ms"],
+                message_id=line["message_id"],
+            )
+        else:
+            self.breaker.failed(permit)
+            metrics.DEAD_LETTERS.labels(reason="job_error").inc()
+            done = self.spool.dead_letter(spooled.id, "job_error", line["error"])
+            ok = False
+            log.warn(
+                "job failed {bucket}/{key}: {error_kind}: {error}",
+                bucket=line["bucket"],
+                key=line["key"],
+                error=line["error"],
+                error_kind=line["error_kind"],
+                message_id=line["message_id"],
+                duration_ms=line["duration_ms"],
+            )
+        done.addBoth(self._settled, spooled.id, ok)
+
+    def _crashed(self, failure, spooled: SpooledRecord, permit) -> None:
+        # The result could not be recorded (the sink failed): keep the record as a dead letter.
+        self.running -= 1
+        metrics.JOBS_RUNNING.dec()
+        self.breaker.failed(permit)
+        metrics.DEAD_LETTERS.labels(reason="sink_error").inc()
+        log.failure("recording the result of {record_id} failed", failure, record_id=spooled.id)
+        self.spool.dead_letter(spooled.id, "sink_error", failure.getErrorMessage()).addBoth(
+            self._settled, spooled.id, False
+        )
+
+    def _settled(self, outcome, record_id: int, ok: bool) -> None:
+        from twisted.python.failure import Failure
+
+        if isinstance(outcome, Failure):
+            log.failure("spool update for record {record_id} failed", outcome, record_id=record_id)
+        for d in self._waiters.pop(record_id, ()):
+            d.callback(ok)
+        if self.running == 0 and self._idle:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                if not d.called:
+                    d.callback(True)
+        self._pump()
+
+
+def _error_kind(error: Exception) -> str:
+    return getattr(error, "kind", None) or type(error).__name__
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

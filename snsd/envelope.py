@@ -1,0 +1,95 @@
+"""The SNS HTTP envelope: one parser, one frozen value.
+
+SNS posts its JSON with ``Content-Type: text/plain``, so the body is parsed whatever the
+content type says.  Every field used downstream comes from the (signed) body; the
+``x-amz-sns-message-type`` header is only cross-checked, never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+NOTIFICATION = "Notification"
+SUBSCRIPTION_CONFIRMATION = "SubscriptionConfirmation"
+UNSUBSCRIBE_CONFIRMATION = "UnsubscribeConfirmation"
+MESSAGE_TYPES = (NOTIFICATION, SUBSCRIPTION_CONFIRMATION, UNSUBSCRIBE_CONFIRMATION)
+
+_COMMON_FIELDS = ("Type", "MessageId", "TopicArn", "Message", "Timestamp")
+_REQUIRED_BY_TYPE = {
+    NOTIFICATION: _COMMON_FIELDS,
+    SUBSCRIPTION_CONFIRMATION: _COMMON_FIELDS + ("SubscribeURL", "Token"),
+    UNSUBSCRIBE_CONFIRMATION: _COMMON_FIELDS + ("SubscribeURL", "Token"),
+}
+
+
+class BadEnvelope(ValueError):
+    """The body is not a usable SNS envelope; answered with 400 and the reason."""
+
+
+@dataclass(frozen=True)
+class SNSEnvelope:
+    type: str
+    message_id: str
+    topic_arn: str
+    message: str
+    timestamp: str
+    subject: str | None
+    signature_version: str | None
+    signature: str | None
+    signing_cert_url: str | None
+    subscribe_url: str | None
+    token: str | None
+    unsubscribe_url: str | None
+    # The decoded JSON object, kept so the signature checker can build the exact
+    # string to sign and the spool can store the original envelope.
+    fields: dict
+    raw: bytes
+
+    @property
+    def region(self) -> str | None:
+        """The region part of the TopicArn (arn:aws:sns:<region>:<account>:<name>)."""
+        parts = self.topic_arn.split(":")
+        return parts[3] if len(parts) >= 6 else None
+
+
+def parse_envelope(body: bytes, type_header: str | None = None) -> SNSEnvelope:
+    """Parse an SNS POST body; raise :class:`BadEnvelope` with a short reason if unusable."""
+    try:
+        fields = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise BadEnvelope("body is not JSON") from None
+    if not isinstance(fields, dict):
+        raise BadEnvelope("body is not a JSON object")
+    message_type = fields.get("Type")
+    if not isinstance(message_type, str) or not message_type:
+        raise BadEnvelope("missing field: Type")
+    if message_type not in _REQUIRED_BY_TYPE:
+        raise BadEnvelope(f"unknown Type: {message_type[:64]}")
+    for name in _REQUIRED_BY_TYPE[message_type]:
+        value = fields.get(name)
+        if not isinstance(value, str) or (name != "Message" and not value):
+            raise BadEnvelope(f"missing field: {name}")
+    if type_header is not None and type_header != message_type:
+        raise BadEnvelope("x-amz-sns-message-type header does not match Type")
+
+    def optional(name: str) -> str | None:
+        value = fields.get(name)
+        return value if isinstance(value, str) else None
+
+    return SNSEnvelope(
+        type=message_type,
+        message_id=fields["MessageId"],
+        topic_arn=fields["TopicArn"],
+        message=fields["Message"],
+        timestamp=fields["Timestamp"],
+        subject=optional("Subject"),
+        signature_version=optional("SignatureVersion"),
+        signature=optional("Signature"),
+        signing_cert_url=optional("SigningCertURL") or optional("SigningCertUrl"),
+        subscribe_url=optional("SubscribeURL"),
+        token=optional("Token"),
+        unsubscribe_url=optional("UnsubscribeURL"),
+        fields=fields,
+        raw=body,
+    )

@@ -1,0 +1,30 @@
+"""Prometheus metrics, declared in one place so every module counts the same way.
+
+They live in the default registry, which ``/metrics`` serves.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("snsd_requests_total", "SNS POSTs answered, by message type and HTTP status", ["type", "status"])
+REQUEST_LATENCY = Histogram(
+    "snsd_request_seconds",
+    "Time to answer an SNS POST",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
+JOBS = Counter("snsd_jobs_total", "Finished jobs, by outcome (ok/error) and verdict", ["outcome", "verdict"])
+JOBS_RUNNING = Gauge("snsd_jobs_running", "Jobs running in the worker pool now")
+JOB_DURATION = Histogram(
+    "snsd_job_seconds",
+    "Job wall time",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+SPOOL_PENDING = Gauge("snsd_spool_pending", "Records spooled and not yet started")
+DEAD_LETTERS = Counter("snsd_dead_letters_total", "Records moved to the dead-letter table, by reason", ["reason"])
+BREAKER_STATE = Gauge("snsd_breaker_state", "1 for the breaker's current state, 0 for the others", ["state"])
+BREAKER_TRANSITIONS = Counter("snsd_breaker_transitions_total", "Breaker transitions", ["from_state", "to_state"])
+BREAKER_NOT_PERMITTED = Counter("snsd_breaker_calls_not_permitted_total", "Records the breaker did not let run")
+SIGNATURE_FAILURES = Counter(
+    "snsd_signature_failures_total", "Messages refused by the trust checks, by reason", ["reason"]
+)
+CERT_CACHE = Counter("snsd_cert_cache_total", "Signing-certificate cache lookups", ["result"])
+DUPLICATES = Counter("snsd_duplicates_total", "Messages recognised as duplicates by MessageId")

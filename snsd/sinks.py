@@ -1,0 +1,58 @@
+"""Where finished jobs are recorded: a JSON-lines file (dry run) or S3.
+
+Sinks are called from worker threads, one call per finished job.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from snsd.awsclients import ThreadLocalClients
+
+
+class JSONLinesSink:
+    """Appends one whole JSON line per result; a lock keeps lines from interleaving."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def write(self, line: dict) -> None:
+        data = json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+        with self._lock:
+            self._file.write(data)
+            # Flushed before the record leaves the spool, so a killed process loses nothing.
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+
+class S3ResultSink:
+    """Writes each result as ``s3://<bucket>/<prefix><source bucket>/<source key>.dq.json``."""
+
+    def __init__(self, bucket: str, prefix: str = "dq-results/", clients: ThreadLocalClients | None = None):
+        self.bucket = bucket
+        self.prefix = prefix
+        self._clients = clients or ThreadLocalClients("s3")
+
+    def key_for(self, line: dict) -> str:
+        return f"{self.prefix}{line['bucket']}/{line['key']}.dq.json"
+
+    def write(self, line: dict) -> None:
+        body = json.dumps(line, ensure_ascii=False, indent=2, default=str).encode("utf-8")
+        self._clients.get().put_object(
+            Bucket=self.bucket, Key=self.key_for(line), Body=body, ContentType="application/json"
+        )
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"

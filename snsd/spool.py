@@ -1,0 +1,339 @@
+"""The durable spool: accepted records live here until their result or dead letter is written.
+
+One SQLite database (WAL mode) holds three tables:
+
+- ``messages``: each accepted SNS envelope with its MessageId and acceptance time; it also
+  serves duplicate detection across restarts;
+- ``records``: one row per S3 object still owed a result;
+- ``dead_letters``: records whose job failed, that the breaker skipped, or that a drain
+  could not start, with the original envelope.
+
+All database work runs on one writer thread, never on the reactor.  Operations queue up
+while a transaction commits, and the next transaction takes all of them at once: a burst
+of N messages costs a handful of fsyncs, not N (group commit).
+
+The interface (:class:`SQLiteSpool`'s public methods, each returning a Deferred) is all the
+dispatcher and the web layer use, so another backend (SQS, say) can stand in for it.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from snsd.envelope import SNSEnvelope
+from snsd.records import S3ObjectRecord
+
+log = Logger()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    message_id TEXT PRIMARY KEY,
+    topic_arn TEXT NOT NULL,
+    envelope TEXT NOT NULL,
+    accepted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_accepted_at ON messages (accepted_at);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT,
+    record TEXT NOT NULL,
+    envelope TEXT,
+    reason TEXT NOT NULL,
+    error TEXT,
+    failed_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1
+);
+"""
+
+# Most transactions in a burst are small; the cap bounds how long one commit holds callers.
+MAX_BATCH = 512
+
+
+@dataclass(frozen=True)
+class SpooledRecord:
+    id: int
+    record: S3ObjectRecord
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    message_id: str | None
+    record: S3ObjectRecord
+    envelope: str | None
+    reason: str
+    error: str | None
+    failed_at: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a restart found: records owed a result and recently accepted MessageIds."""
+
+    pending: int
+    recent_message_ids: tuple[tuple[str, float], ...]
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    if path != ":memory:":
+        conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode survives a process crash (what SIGKILL and OOM do); only an OS crash
+    # or power loss can lose the last transactions.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class SQLiteSpool:
+    def __init__(self, reactor, path: str, clock=None):
+        self._reactor = reactor
+        self._clock = clock or reactor
+        self.path = path
+        self.in_memory = path == ":memory:"
+        self._ops: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.commits = 0  # for tests and benchmarks: how many transactions ran
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self, dedup_ttl: float = 3600.0) -> Deferred:
+        """Start the writer thread; fires with a :class:`Recovery`."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run():
+            try:
+                conn = connect(self.path)
+            except BaseException as e:
+                failure.append(e)
+                ready.set()
+                return
+            ready.set()
+            self._serve(conn)
+
+        self._thread = threading.Thread(target=run, name="snsd-spool", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        since = self._clock.seconds() - dedup_ttl
+
+        def recover(conn):
+            (pending,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()
+            recent = conn.execute(
+                "SELECT message_id, accepted_at FROM messages WHERE accepted_at >= ? ORDER BY accepted_at", (since,)
+            ).fetchall()
+            conn.execute(
+                "DELETE FROM messages WHERE accepted_at < ? AND message_id NOT IN (SELECT message_id FROM records)",
+                (since,),
+            )
+            return Recovery(pending=pending, recent_message_ids=tuple(recent))
+
+        return self._submit(recover)
+
+    def close(self) -> Deferred:
+        """Commit what is queued and stop the writer thread."""
+        if self._thread is None:
+            from twisted.internet.defer import succeed
+
+            return succeed(None)
+        d = Deferred()
+        self._ops.put((None, d))
+        self._thread = None
+        return d
+
+    # -- the interface ---------------------------------------------------------------------
+
+    def add(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
+        """Record an accepted message and its records atomically; fires with their ids."""
+        now = self._clock.seconds()
+        envelope_text = envelope.raw.decode("utf-8", "replace")
+        rows = [(envelope.message_id, json.dumps(r.to_dict()), now) for r in records]
+
+        def add(conn):
+            conn.execute(
+                "INSERT OR REPLACE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)",
+                (envelope.message_id, envelope.topic_arn, envelope_text, now),
+            )
+            ids = []
+            for row in rows:
+                cursor = conn.execute("INSERT INTO records (message_id, record, enqueued_at) VALUES (?, ?, ?)", row)
+                ids.append(cursor.lastrowid)
+            return ids
+
+        return self._submit(add)
+
+    def remember(self, envelope: SNSEnvelope) -> Deferred:
+        """Record an accepted message that carries no records (for duplicate detection)."""
+        now = self._clock.seconds()
+
+        def remember(conn):
+            conn.execute(
+                "INSERT OR REPLACE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)",
+                (envelope.message_id, envelope.topic_arn, envelope.raw.decode("utf-8", "replace"), now),
+            )
+
+        return self._submit(remember)
+
+    def add_dead_letters(
+        self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], reason: str, error: str | None = None
+    ) -> Deferred:
+        """Accept a message straight into the dead letters (the breaker's ``skip`` mode)."""
+        now = self._clock.seconds()
+        envelope_text = envelope.raw.decode("utf-8", "replace")
+
+        def add(conn):
+            conn.execute(
+                "INSERT OR REPLACE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)",
+                (envelope.message_id, envelope.topic_arn, envelope_text, now),
+            )
+            conn.executemany(
+                "INSERT INTO dead_letters (message_id, record, envelope, reason, error, failed_at, attempts)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0)",
+                [(envelope.message_id, json.dumps(r.to_dict()), envelope_text, reason, error, now) for r in records],
+            )
+
+        return self._submit(add)
+
+    def claim(self, after_id: int, limit: int) -> Deferred:
+        """The next ``limit`` records with id > ``after_id``, oldest first.
+
+        Claiming writes nothing: a record stays in ``records`` until it is completed or
+        dead-lettered, so after a crash every record still there runs again.
+        """
+
+        def claim(conn):
+            rows = conn.execute(
+                "UPDATE records SET attempts = attempts + 1 WHERE id IN "
+                "(SELECT id FROM records WHERE id > ? ORDER BY id LIMIT ?) RETURNING id, record, attempts",
+                (after_id, limit),
+            ).fetchall()
+            rows.sort()
+            return [SpooledRecord(id=i, record=S3ObjectRecord.from_dict(json.loads(r)), attempts=a) for i, r, a in rows]
+
+        return self._submit(claim)
+
+    def complete(self, record_id: int) -> Deferred:
+        return self._submit(lambda conn: conn.execute("DELETE FROM records WHERE id = ?", (record_id,)) and None)
+
+    def dead_letter(self, record_id: int, reason: str, error: str | None) -> Deferred:
+        """Move a record to the dead letters, with its message's envelope."""
+        now = self._clock.seconds()
+
+        def move(conn):
+            conn.execute(
+                "INSERT INTO dead_letters (message_id, record, envelope, reason, error, failed_at, attempts)"
+                " SELECT r.message_id, r.record, m.envelope, ?, ?, ?, r.attempts FROM records r"
+                " LEFT JOIN messages m ON m.message_id = r.message_id WHERE r.id = ?",
+                (reason, error, now, record_id),
+            )
+            conn.execute("DELETE FROM records WHERE id = ?", (record_id,))
+
+        return self._submit(move)
+
+    def dead_letter_remaining(self, after_id: int, reason: str) -> Deferred:
+        """Dead-letter every record not yet claimed (drain of an in-memory spool)."""
+        now = self._clock.seconds()
+
+        def move(conn):
+            moved = conn.execute(
+                "SELECT r.id, r.message_id, r.record FROM records r WHERE r.id > ? ORDER BY r.id", (after_id,)
+            ).fetchall()
+            conn.execute(
+                "INSERT INTO dead_letters (message_id, record, envelope, reason, error, failed_at, attempts)"
+                " SELECT r.message_id, r.record, m.envelope, ?, NULL, ?, r.attempts FROM records r"
+                " LEFT JOIN messages m ON m.message_id = r.message_id WHERE r.id > ?",
+                (reason, now, after_id),
+            )
+            conn.execute("DELETE FROM records WHERE id > ?", (after_id,))
+            return moved
+
+        return self._submit(move)
+
+    def counts(self) -> Deferred:
+        def counts(conn):
+            (records,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()
+            (dead,) = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+            return {"records": records, "dead_letters": dead}
+
+        return self._submit(counts)
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _submit(self, operation) -> Deferred:
+        d = Deferred()
+        self._ops.put((operation, d))
+        return d
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        stopping = None
+        while stopping is None:
+            batch = [self._ops.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._ops.get_nowait())
+                except queue.Empty:
+                    break
+            outcomes = []
+            conn.execute("BEGIN IMMEDIATE")
+            for operation, d in batch:
+                if operation is None:
+                    stopping = d
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((d, operation(conn)))
+                    conn.execute("RELEASE op")
+                except Exception:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((d, Failure()))
+            try:
+                conn.execute("COMMIT")
+                self.commits += 1
+            except Exception:
+                failed = Failure()
+                outcomes = [(d, failed) for d, _ in outcomes]
+            for d, outcome in outcomes:
+                self._reactor.callFromThread(_fire, d, outcome)
+        conn.close()
+        self._reactor.callFromThread(stopping.callback, None)
+
+
+def _fire(d: Deferred, outcome) -> None:
+    if isinstance(outcome, Failure):
+        d.errback(outcome)
+    else:
+        d.callback(outcome)
+
+
+# -- synchronous access for the admin command (never used inside the daemon) ---------------
+
+
+def list_dead_letters(conn: sqlite3.Connection, limit: int | None = None) -> list[DeadLetter]:
+    sql = "SELECT id, message_id, record, envelope, reason, error, failed_at, attempts FROM dead_letters ORDER BY id"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [
+        DeadLetter(i, m, S3ObjectRecord.from_dict(json.loads(r)), e, reason, err, t, a)
+        for i, m, r, e, reason, err, t, a in conn.execute(sql)
+    ]

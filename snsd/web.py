@@ -1,0 +1,361 @@
+"""The HTTP surface: the SNS endpoint, admin and health routes.
+
+The endpoint translates HTTP into calls on the trust checks, the dispatcher and the
+breaker, and their outcomes into status codes; it holds no business rules.  Every answer
+is a small JSON body; no input ever gets a traceback page.
+
+SNS treats every 2xx and 4xx answer as delivered and retries only on 5xx or a 15 s
+timeout, so 4xx is for input that is permanently bad and 5xx only for "try again later".
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import math
+from io import BytesIO
+
+from klein import Klein
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.logger import Logger
+from twisted.web.server import Request, Site
+
+from snsd import metrics
+from snsd.dispatcher import REJECT, SKIP, Backpressure, Dispatcher
+from snsd.envelope import (
+    NOTIFICATION,
+    SUBSCRIPTION_CONFIRMATION,
+    BadEnvelope,
+    SNSEnvelope,
+    parse_envelope,
+)
+from snsd.records import parse_s3_message
+
+log = Logger()
+
+DEFAULT_MAX_BODY = 1024 * 1024
+# SNS gives up on an answer after 15 s; answer "retry" comfortably before that.
+AFTER_JOB_WAIT = 12.0
+
+
+class Refused(Exception):
+    """An answer decided before dispatch: a status, a JSON body, and a reason for the log."""
+
+    def __init__(self, status: int, reason: str, headers: dict | None = None, body: dict | None = None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+        self.body = body if body is not None else {"error": reason}
+
+
+class SNSEndpoint:
+    app = Klein()
+
+    def __init__(
+        self,
+        *,
+        verifier,
+        confirmer,
+        dedup,
+        dispatcher: Dispatcher,
+        breaker,
+        pool,
+        clock,
+        breaker_mode: str = SKIP,
+        ack: str = "spooled",
+        max_body: int = DEFAULT_MAX_BODY,
+        basic_auth: str | None = None,
+        allow_raw_delivery: bool = False,
+        metrics_resource=None,
+    ):
+        self.verifier = verifier
+        self.confirmer = confirmer
+        self.dedup = dedup
+        self.dispatcher = dispatcher
+        self.breaker = breaker
+        self.pool = pool
+        self.clock = clock
+        self.breaker_mode = breaker_mode
+        self.ack = ack
+        self.max_body = max_body
+        self._basic_auth = basic_auth.encode("utf-8") if basic_auth else None
+        self.allow_raw_delivery = allow_raw_delivery
+        self.metrics_resource = metrics_resource
+        self.draining = False
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- the SNS endpoint ------------------------------------------------------------------
+
+    @app.route("/", methods=["POST"])
+    async def receive(self, request):
+        started = self.clock.seconds()
+        message_type = "unknown"
+        try:
+            self._check_auth(request)
+            if self.draining:
+                raise Refused(503, "shutting down", {"Retry-After": "5"})
+            body = self._read_body(request)
+            if (request.getHeader("x-amz-sns-rawdelivery") or "").lower() == "true":
+                raise Refused(403, "raw message delivery is not accepted: it cannot be verified")
+            try:
+                envelope = parse_envelope(body, request.getHeader("x-amz-sns-message-type"))
+            except BadEnvelope as e:
+                raise Refused(400, str(e)) from None
+            message_type = envelope.type
+            status, answer, headers = await self._handle(envelope)
+        except Refused as refused:
+            status, answer, headers = refused.status, refused.body, refused.headers
+            log.info(
+                "refused {status} {reason}",
+                status=status,
+                reason=refused.reason,
+                message_type=message_type,
+                peer=_peer(request),
+            )
+        metrics.REQUESTS.labels(type=message_type, status=str(status)).inc()
+        metrics.REQUEST_LATENCY.observe(self.clock.seconds() - started)
+        return _json(request, status, answer, headers)
+
+    async def _handle(self, envelope: SNSEnvelope):
+        try:
+            await self.verifier.verify(envelope)
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if status is None:
+                raise
+            raise Refused(status, getattr(e, "reason", str(e)), body={"error": getattr(e, "reason", str(e))}) from None
+        if not self.dedup.reserve(envelope.message_id):
+            metrics.DUPLICATES.inc()
+            log.info("duplicate {message_id} from {topic}", message_id=envelope.message_id, topic=envelope.topic_arn)
+            return 200, {"status": "duplicate"}, {}
+        try:
+            status, answer, headers = await self._dispatch(envelope)
+        except BaseException:
+            self.dedup.release(envelope.message_id)
+            raise
+        if status >= 500:
+            # Refused for now: SNS will retry, and the retry must not look like a duplicate.
+            self.dedup.release(envelope.message_id)
+        return status, answer, headers
+
+    async def _dispatch(self, envelope: SNSEnvelope):
+        if envelope.type == SUBSCRIPTION_CONFIRMATION:
+            return await self._confirm(envelope)
+        if envelope.type != NOTIFICATION:
+            log.info(
+                "unsubscribe confirmation for {topic}; not re-subscribing",
+                topic=envelope.topic_arn,
+                message_id=envelope.message_id,
+            )
+            return 200, {"status": "ok"}, {}
+        parsed = parse_s3_message(envelope.message, envelope.message_id, envelope.topic_arn)
+        if not parsed.records:
+            log.info(
+                "ignored {message_id} from {topic}: {reason}",
+                message_id=envelope.message_id,
+                topic=envelope.topic_arn,
+                reason=parsed.ignored,
+            )
+            return 200, {"status": "ignored", "reason": parsed.ignored}, {}
+        return await self._submit(envelope, parsed.records)
+
+    async def _confirm(self, envelope: SNSEnvelope):
+        try:
+            subscription_arn = await self.confirmer.confirm(envelope)
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if status is None:
+                raise
+            raise Refused(status, getattr(e, "reason", str(e))) from None
+        log.info(
+            "confirmed subscription {subscription_arn} to {topic}",
+            subscription_arn=subscription_arn,
+            topic=envelope.topic_arn,
+            message_id=envelope.message_id,
+        )
+        return 200, {"status": "confirmed", "subscription_arn": subscription_arn}, {}
+
+    async def _submit(self, envelope: SNSEnvelope, records):
+        if self.breaker.active and not self.breaker.state.value == "half_open":
+            if self.breaker_mode == SKIP:
+                await self.dispatcher.skip(envelope, records)
+                log.info(
+                    "breaker open: skipped {message_id} ({jobs} records kept as dead letters)",
+                    message_id=envelope.message_id,
+                    jobs=len(records),
+                    topic=envelope.topic_arn,
+                )
+                return 200, {"status": "skipped", "jobs": len(records)}, {}
+            if self.breaker_mode == REJECT:
+                retry_after = str(max(1, math.ceil(self.breaker.cooldown_remaining())))
+                return 503, {"error": "circuit breaker open"}, {"Retry-After": retry_after}
+        try:
+            ids = await self.dispatcher.accept(envelope, records)
+        except Backpressure as e:
+            return 503, {"error": "too many pending records", "detail": str(e)}, {"Retry-After": "20"}
+        log.debug(
+            "accepted {message_id} from {topic}: {jobs} records",
+            message_id=envelope.message_id,
+            topic=envelope.topic_arn,
+            jobs=len(records),
+        )
+        if self.ack != "after-job":
+            status = "spooled" if self.breaker.active else "accepted"
+            return 200, {"status": status, "jobs": len(records)}, {}
+        try:
+            all_ok = await self.dispatcher.when_done(ids).addTimeout(AFTER_JOB_WAIT, self.clock)
+        except DeferredTimeout:
+            return 503, {"error": "jobs still running", "jobs": len(records)}, {"Retry-After": "10"}
+        if not all_ok:
+            return 500, {"error": "job failed", "jobs": len(records)}, {}
+        return 200, {"status": "done", "jobs": len(records)}, {}
+
+    # -- admin and health ------------------------------------------------------------------
+
+    @app.route("/breaker", methods=["GET"])
+    def breaker_state(self, request):
+        self._admin(request)
+        return _json(request, 200, self.breaker.snapshot())
+
+    @app.route("/breaker/reset", methods=["POST", "GET"])
+    def breaker_reset(self, request):
+        self._admin(request)
+        self.breaker.reset()
+        log.info("breaker reset by {peer}", peer=_peer(request))
+        return _json(request, 200, self.breaker.snapshot())
+
+    @app.route("/breaker/open", methods=["POST"])
+    def breaker_open(self, request):
+        self._admin(request)
+        self.breaker.force_open()
+        log.info("breaker forced open by {peer}", peer=_peer(request))
+        return _json(request, 200, self.breaker.snapshot())
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request):
+        return _json(request, 200, {"status": "alive"})
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request):
+        checks = {
+            "listening": True,
+            "pool": self.pool.is_ready(),
+            "spool": self.dispatcher.ready,
+            "draining": self.draining,
+        }
+        ready = checks["pool"] and checks["spool"] and not self.draining
+        return _json(request, 200 if ready else 503, {"status": "ready" if ready else "unready", **checks})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_route(self, request):
+        self._admin(request)
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        request.setHeader("Content-Type", CONTENT_TYPE_LATEST)
+        return generate_latest()
+
+    @app.handle_errors(Refused)
+    def refused(self, request, failure):
+        refused = failure.value
+        return _json(request, refused.status, refused.body, refused.headers)
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request, failure):
+        from werkzeug.exceptions import HTTPException
+
+        if isinstance(failure.value, HTTPException):
+            code = failure.value.code or 500
+            return _json(request, code, {"error": failure.value.name.lower()})
+        log.failure(
+            "unexpected error answering {method} {path}",
+            failure,
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace"),
+        )
+        return _json(request, 500, {"error": "internal error"})
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _admin(self, request) -> None:
+        self._check_auth(request)
+
+    def _check_auth(self, request) -> None:
+        if self._basic_auth is None:
+            return
+        header = request.getHeader("authorization") or ""
+        scheme, _, value = header.partition(" ")
+        try:
+            given = base64.b64decode(value.strip(), validate=True) if scheme.lower() == "basic" else b""
+        except ValueError:
+            given = b""
+        if not hmac.compare_digest(given, self._basic_auth):
+            raise Refused(401, "authentication required", {"WWW-Authenticate": 'Basic realm="snsd"'})
+
+    def _read_body(self, request) -> bytes:
+        if getattr(request, "body_too_large", False):
+            raise Refused(413, f"body larger than {self.max_body} bytes")
+        body = request.content.read(self.max_body + 1)
+        if len(body) > self.max_body:
+            raise Refused(413, f"body larger than {self.max_body} bytes")
+        return body
+
+
+class LimitedRequest(Request):
+    """A request that never buffers more than ``max_body`` bytes of body.
+
+    A declared Content-Length over the limit is answered 413 at once and the connection
+    closed; a chunked body that grows past it is discarded as it arrives.
+    """
+
+    max_body = DEFAULT_MAX_BODY
+    body_too_large = False
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+            body = json.dumps({"error": f"body larger than {self.max_body} bytes"}).encode()
+            transport = self.channel.transport
+            transport.write(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            metrics.REQUESTS.labels(type="unknown", status="413").inc()
+            log.info("refused 413 declared length {length}", length=length)
+            transport.loseConnection()
+            Request.gotLength(self, 0)
+            return
+        Request.gotLength(self, length)
+
+    def handleContentChunk(self, data):
+        if self.body_too_large:
+            return
+        if self.content.tell() + len(data) > self.max_body:
+            self.body_too_large = True
+            self.content = BytesIO()
+            return
+        Request.handleContentChunk(self, data)
+
+
+def make_site(endpoint: SNSEndpoint) -> Site:
+    request_factory = type("SNSDRequest", (LimitedRequest,), {"max_body": endpoint.max_body})
+    site = Site(endpoint.resource(), requestFactory=request_factory)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+def _json(request, status: int, body: dict, headers: dict | None = None) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    return json.dumps(body).encode("utf-8")
+
+
+def _peer(request) -> str:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", str(peer))
