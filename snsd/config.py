@@ -28,9 +28,7 @@ class Setting:
 
 
 SETTINGS = (
-    Setting(
-        "port", "SNSD_PORT", "tcp:8080", "Listening endpoint: a port number or any Twisted server endpoint string."
-    ),
+    Setting("port", "SNSD_PORT", "tcp:8080", "Listening endpoint: a port number or a Twisted server endpoint string."),
     Setting("workers", "SNS_WORKER_MAX", 10, "Worker threads: the most jobs that run at once.", "int"),
     Setting(
         "breaker-max-failures",
@@ -116,6 +114,12 @@ SETTINGS = (
 )
 
 BY_FLAG = {s.flag: s for s in SETTINGS}
+
+
+def _describe_default(setting: Setting) -> str:
+    if setting.default is None:
+        return "none"
+    return str(setting.default)
 
 
 def _convert(setting: Setting, raw: Any) -> Any:
@@ -268,9 +272,3 @@ def load_job(spec: str | None, rules: str | None) -> Callable:
     if not callable(target):
         raise usage.UsageError(f"--job: {spec} is not callable")
     return target
-
-
-def _describe_default(setting: Setting) -> str:
-    if setting.default is None:
-        return "none"
-    return str(setting.default)

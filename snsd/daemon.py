@@ -105,7 +105,7 @@ class SNSDaemon(MultiService):
     def _announce(self) -> None:
         s = self.settings
         log.info(
-            "snsd listening on {port} with {workers} workers, breaker mode {mode}, spool {spool}, results to {sink}",
+            "snsd on {port}: {workers} workers, breaker mode {mode}, spool {spool}, results to {sink}",
             port=s["port"],
             workers=s["workers"],
             mode=s["breaker-mode"],
