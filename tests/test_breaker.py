@@ -1,0 +1,185 @@
+"""The circuit breaker, transition by transition, on a fake clock."""
+
+import pytest
+from twisted.internet.task import Clock
+
+from snsd.breaker import CircuitBreaker, Permit, State
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def make(clock, **kwargs):
+    kwargs.setdefault("max_failures", 3)
+    kwargs.setdefault("cooldown", 10.0)
+    return CircuitBreaker(clock, **kwargs)
+
+
+def fail(breaker, times=1):
+    for _ in range(times):
+        permit = breaker.acquire()
+        assert permit is not None
+        breaker.failed(permit)
+
+
+def test_starts_closed_and_permits_jobs(clock):
+    breaker = make(clock)
+    assert breaker.state is State.CLOSED
+    assert breaker.acquire() == Permit(trial=False)
+    assert breaker.snapshot()["state"] == "closed"
+    assert breaker.snapshot()["active"] is False
+
+
+def test_opens_after_max_consecutive_failures(clock):
+    breaker = make(clock)
+    fail(breaker, 2)
+    assert breaker.state is State.CLOSED
+    fail(breaker)
+    assert breaker.state is State.OPEN
+    assert breaker.acquire() is None
+    snapshot = breaker.snapshot()
+    assert snapshot["state"] == "open"
+    assert snapshot["active"] is True
+    assert snapshot["consecutive_failures"] == 3
+    assert snapshot["cooldown_remaining"] == 10.0
+
+
+def test_a_success_resets_the_count(clock):
+    breaker = make(clock)
+    fail(breaker, 2)
+    breaker.succeeded(breaker.acquire())
+    assert breaker.consecutive_failures == 0
+    fail(breaker, 2)
+    assert breaker.state is State.CLOSED
+
+
+def test_last_failure_time_comes_from_the_clock(clock):
+    breaker = make(clock)
+    clock.advance(1234.5)
+    fail(breaker)
+    assert breaker.snapshot()["last_failure_time"] == "1970-01-01T00:20:34.500Z"
+
+
+def test_cooldown_counts_down_then_half_opens(clock):
+    breaker = make(clock)
+    fail(breaker, 3)
+    clock.advance(4)
+    assert breaker.cooldown_remaining() == pytest.approx(6)
+    clock.advance(5.9)
+    assert breaker.state is State.OPEN
+    clock.advance(0.1)
+    assert breaker.state is State.HALF_OPEN
+    assert breaker.snapshot()["state"] == "half_open"
+
+
+def test_half_open_allows_exactly_one_trial_at_a_time(clock):
+    breaker = make(clock)
+    fail(breaker, 3)
+    clock.advance(10)
+    trial = breaker.acquire()
+    assert trial == Permit(trial=True)
+    assert breaker.acquire() is None
+    breaker.release(trial)
+    assert breaker.acquire() == Permit(trial=True)
+
+
+def test_successful_trial_closes(clock):
+    breaker = make(clock)
+    fail(breaker, 3)
+    clock.advance(10)
+    breaker.succeeded(breaker.acquire())
+    assert breaker.state is State.CLOSED
+    assert breaker.consecutive_failures == 0
+
+
+def test_several_successful_trials_needed_when_configured(clock):
+    breaker = make(clock, half_open_successes=2)
+    fail(breaker, 3)
+    clock.advance(10)
+    breaker.succeeded(breaker.acquire())
+    assert breaker.state is State.HALF_OPEN
+    breaker.succeeded(breaker.acquire())
+    assert breaker.state is State.CLOSED
+
+
+def test_failed_trial_reopens_with_doubled_cooldown_up_to_the_cap(clock):
+    breaker = make(clock, max_cooldown=35.0)
+    fail(breaker, 3)
+    expected = [20.0, 35.0, 35.0]
+    clock.advance(10)
+    for cooldown in expected:
+        breaker.failed(breaker.acquire())
+        assert breaker.state is State.OPEN
+        assert breaker.cooldown_remaining() == cooldown
+        clock.advance(cooldown - 0.001)
+        assert breaker.state is State.OPEN
+        clock.advance(0.001)
+        assert breaker.state is State.HALF_OPEN
+
+
+def test_default_cap_is_ten_times_the_cooldown(clock):
+    breaker = make(clock)
+    assert breaker.max_cooldown == 100.0
+
+
+def test_closing_restores_the_base_cooldown(clock):
+    breaker = make(clock)
+    fail(breaker, 3)
+    clock.advance(10)
+    breaker.failed(breaker.acquire())  # cooldown now 20
+    clock.advance(20)
+    breaker.succeeded(breaker.acquire())
+    assert breaker.state is State.CLOSED
+    fail(breaker, 3)
+    assert breaker.cooldown_remaining() == 10.0
+
+
+def test_results_of_jobs_started_before_opening_do_not_decide_the_trial(clock):
+    breaker = make(clock)
+    early = breaker.acquire()
+    fail(breaker, 3)
+    clock.advance(10)
+    breaker.succeeded(early)  # not the trial
+    assert breaker.state is State.HALF_OPEN
+
+
+def test_reset_closes_at_once_and_cancels_the_timer(clock):
+    breaker = make(clock)
+    fail(breaker, 3)
+    breaker.reset()
+    assert breaker.state is State.CLOSED
+    assert breaker.consecutive_failures == 0
+    assert clock.getDelayedCalls() == []
+
+
+def test_force_open_holds_until_reset(clock):
+    breaker = make(clock)
+    breaker.force_open()
+    assert breaker.acquire() is None
+    clock.advance(10_000)
+    assert breaker.state is State.FORCED_OPEN
+    assert breaker.snapshot()["state"] == "open"
+    assert breaker.snapshot()["forced"] is True
+    breaker.reset()
+    assert breaker.acquire() is not None
+
+
+def test_listeners_hear_each_transition(clock):
+    breaker = make(clock)
+    heard = []
+    breaker.on_change(heard.append)
+    fail(breaker, 3)
+    clock.advance(10)
+    breaker.succeeded(breaker.acquire())
+    assert heard == [State.OPEN, State.HALF_OPEN, State.CLOSED]
+
+
+def test_stopping_the_service_cancels_the_cooldown_timer(clock):
+    breaker = make(clock)
+    breaker.startService()
+    fail(breaker, 3)
+    assert len(clock.getDelayedCalls()) == 1
+    breaker.stopService()
+    assert clock.getDelayedCalls() == []

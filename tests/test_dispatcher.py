@@ -1,0 +1,248 @@
+"""The dispatcher: spool -> breaker -> bounded pool -> sink, with every outcome recorded."""
+
+import json
+import threading
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+
+from snsd.breaker import CircuitBreaker, State
+from snsd.dispatcher import Backpressure, Dispatcher
+from snsd.envelope import parse_envelope
+from snsd.pool import WorkerPool
+from snsd.sinks import JSONLinesSink
+from snsd.spool import SQLiteSpool
+
+
+def envelope(message_id, keys):
+    message = json.dumps(
+        {
+            "Records": [
+                {
+                    "eventVersion": "2.1",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": "b"}, "object": {"key": k}},
+                }
+                for k in keys
+            ]
+        }
+    )
+    body = json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": message_id,
+            "TopicArn": "arn:aws:sns:us-east-1:1:t",
+            "Message": message,
+            "Timestamp": "2026-11-29T10:00:00.000Z",
+        }
+    ).encode()
+    return parse_envelope(body)
+
+
+def records_of(env):
+    from snsd.records import parse_s3_message
+
+    return parse_s3_message(env.message, env.message_id, env.topic_arn).records
+
+
+class Harness:
+    def __init__(self, tmp_path, job, workers=3, mode="spool", max_pending=10_000, max_failures=2):
+        self.clock = Clock()
+        self.breaker = CircuitBreaker(self.clock, max_failures=max_failures, cooldown=10)
+        self.pool = WorkerPool(reactor, workers)
+        self.spool = SQLiteSpool(reactor, ":memory:", clock=self.clock)
+        self.results_path = tmp_path / "results.jsonl"
+        self.sink = JSONLinesSink(str(self.results_path))
+        self.dispatcher = Dispatcher(
+            self.spool,
+            self.pool,
+            self.breaker,
+            job,
+            self.sink,
+            self.clock,
+            workers=workers,
+            breaker_mode=mode,
+            max_pending=max_pending,
+        )
+
+    async def start(self):
+        self.pool.startService()
+        self.dispatcher.start(await self.spool.open())
+
+    async def submit(self, message_id, *keys):
+        env = envelope(message_id, keys)
+        return await self.dispatcher.accept(env, records_of(env))
+
+    def results(self):
+        return [json.loads(line) for line in self.results_path.read_text().splitlines()]
+
+    async def stop(self):
+        self.pool.stopService()
+        await self.spool.close()
+        self.sink.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_never_more_than_workers_jobs_at_once(tmp_path):
+    lock = threading.Lock()
+    release = threading.Event()
+    state = {"now": 0, "max": 0}
+    saturated = defer.Deferred()
+
+    def job(record):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            if state["now"] == 3:
+                reactor.callFromThread(lambda: saturated.called or saturated.callback(None))
+        release.wait(10)
+        with lock:
+            state["now"] -= 1
+        return {"key": record.key}
+
+    h = Harness(tmp_path, job, workers=3)
+    await h.start()
+    ids = []
+    for i in range(10):
+        ids += await h.submit(f"m-{i}", f"k{i}")
+    await saturated
+    assert h.dispatcher.running == 3
+    assert h.dispatcher.pending == 7
+    release.set()
+    assert await h.dispatcher.when_done(ids) is True
+    assert state["max"] == 3
+    lines = h.results()
+    assert sorted(line["key"] for line in lines) == sorted(f"k{i}" for i in range(10))
+    assert all(line["status"] == "ok" and line["worker"].startswith("PoolThread-snsd-jobs") for line in lines)
+    assert await h.spool.counts() == {"records": 0, "dead_letters": 0}
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_errors_are_recorded_as_results_and_dead_letters_and_trip_the_breaker(tmp_path):
+    class Missing(Exception):
+        kind = "s3_not_found"
+
+    def job(record):
+        raise Missing(f"no such key {record.key}")
+
+    h = Harness(tmp_path, job, workers=1, max_failures=2)
+    await h.start()
+    ids = await h.submit("m-1", "a", "b")
+    assert await h.dispatcher.when_done(ids) is False
+    lines = h.results()
+    assert [(line["status"], line["error_kind"], line["error"]) for line in lines] == [
+        ("error", "s3_not_found", "no such key a"),
+        ("error", "s3_not_found", "no such key b"),
+    ]
+    assert h.breaker.state is State.OPEN
+    assert await h.spool.counts() == {"records": 0, "dead_letters": 2}
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_verdict_is_a_successful_job(tmp_path):
+    h = Harness(tmp_path, lambda record: {"verdict": "failed"}, workers=1, max_failures=1)
+    await h.start()
+    assert await h.dispatcher.when_done(await h.submit("m-1", "a")) is True
+    assert h.breaker.state is State.CLOSED
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_spool_mode_holds_records_while_open_and_runs_them_after(tmp_path):
+    ran = []
+    h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, workers=2)
+    await h.start()
+    h.breaker.force_open()
+    ids = await h.submit("m-1", "a", "b", "c")
+    assert await h.spool.counts() == {"records": 3, "dead_letters": 0}
+    assert ran == [] and h.dispatcher.pending == 3
+    h.breaker.reset()
+    assert await h.dispatcher.when_done(ids) is True
+    assert sorted(ran) == ["a", "b", "c"]
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_half_open_runs_one_trial_then_the_rest(tmp_path):
+    ran = []
+    h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, workers=3, max_failures=1)
+    await h.start()
+    h.breaker.failed(h.breaker.acquire())
+    assert h.breaker.state is State.OPEN
+    ids = await h.submit("m-1", "a", "b", "c")
+    h.clock.advance(10)  # half-open: one trial, which succeeds and closes the breaker
+    assert await h.dispatcher.when_done(ids) is True
+    assert h.breaker.state is State.CLOSED
+    assert ran[0] == "a" and sorted(ran) == ["a", "b", "c"]
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_mode_dead_letters_spooled_records_while_open(tmp_path):
+    h = Harness(tmp_path, lambda record: {}, workers=1, mode="skip")
+    await h.start()
+    h.breaker.force_open()
+    ids = await h.submit("m-1", "a", "b")
+    assert await h.dispatcher.when_done(ids) is False
+    assert await h.spool.counts() == {"records": 0, "dead_letters": 2}
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_backpressure_refuses_past_max_pending_and_records_nothing(tmp_path):
+    h = Harness(tmp_path, lambda record: {}, workers=1, max_pending=3)
+    await h.start()
+    h.breaker.force_open()
+    await h.submit("m-1", "a", "b")
+    with pytest.raises(Backpressure):
+        await h.submit("m-2", "c", "d")
+    assert await h.spool.counts() == {"records": 2, "dead_letters": 0}
+    await h.submit("m-3", "e")
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_waits_for_running_jobs_and_leaves_pending_spooled(tmp_path):
+    release = threading.Event()
+    started = defer.Deferred()
+
+    def job(record):
+        reactor.callFromThread(lambda: started.called or started.callback(None))
+        release.wait(10)
+        return {}
+
+    h = Harness(tmp_path, job, workers=1)
+    await h.start()
+    await h.submit("m-1", "a", "b")
+    await started
+    draining = h.dispatcher.drain(30)
+    assert not draining.called
+    release.set()
+    assert await draining is True
+    assert await h.spool.counts() == {"records": 1, "dead_letters": 0}
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_gives_up_at_the_timeout(tmp_path):
+    release = threading.Event()
+    started = defer.Deferred()
+
+    def job(record):
+        reactor.callFromThread(lambda: started.called or started.callback(None))
+        release.wait(10)
+        return {}
+
+    h = Harness(tmp_path, job, workers=1)
+    await h.start()
+    await h.submit("m-1", "a")
+    await started
+    draining = h.dispatcher.drain(5)
+    h.clock.advance(5)
+    assert await draining is False
+    release.set()
+    await h.stop()

@@ -1,0 +1,119 @@
+"""`twistd snsd` options: flag > environment > default, and one-line errors for bad values."""
+
+import pytest
+from twisted.python import usage
+
+from snsd.config import SNSDOptions
+from snsd.jobs.head import head_object
+
+HEAD = "snsd.jobs.head:head_object"
+
+
+def parse(args, env=None):
+    options = SNSDOptions(environ=env or {})
+    options.parseOptions(args)
+    return options.settings
+
+
+def test_defaults():
+    s = parse(["--dry-run", "--job", HEAD])
+    assert s["port"] == "tcp:8080"
+    assert s["workers"] == 10
+    assert s["breaker-max-failures"] == 5
+    assert s["breaker-cooldown"] == 60.0
+    assert s["breaker-mode"] == "skip"
+    assert s["results"] == "./dry_run_results.jsonl"
+    assert s["spool"] == "./snsd-spool.sqlite3"
+    assert s["max-pending"] == 10_000
+    assert s["ack"] == "spooled"
+    assert s["drain-timeout"] == 30.0
+    assert s["verify-signatures"] is True
+    assert s["max-age"] == 3600.0
+    assert s["dedup-ttl"] == 3600.0
+    assert s["job"] is head_object
+
+
+def test_bare_port_number_becomes_tcp():
+    assert parse(["--dry-run", "--job", HEAD, "--port", "9000"])["port"] == "tcp:9000"
+
+
+def test_endpoint_strings_pass_through():
+    s = parse(["--dry-run", "--job", HEAD, "--port", "tcp:8080:interface=127.0.0.1"])
+    assert s["port"] == "tcp:8080:interface=127.0.0.1"
+
+
+def test_environment_overrides_default_and_flag_overrides_environment():
+    env = {"SNS_WORKER_MAX": "4", "CIRCUIT_BREAKER_MODE": "reject", "SNSD_DRY_RUN": "true", "SNSD_JOB": HEAD}
+    assert parse([], env)["workers"] == 4
+    assert parse([], env)["breaker-mode"] == "reject"
+    assert parse(["--workers", "7"], env)["workers"] == 7
+
+
+@pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("0", False), ("false", False)])
+def test_dry_run_environment_values(value, expected):
+    env = {"SNSD_DRY_RUN": value, "SNSD_RESULTS_BUCKET": "results"}
+    assert parse(["--job", HEAD], env)["dry-run"] is expected
+
+
+def test_repeatable_and_comma_separated_lists():
+    env = {"SNSD_TRUSTED_HOSTS": "a:1, b:2", "SNSD_DRY_RUN": "1", "SNSD_JOB": HEAD}
+    assert parse([], env)["trusted-host"] == ("a:1", "b:2")
+    assert parse(["--trusted-host", "c:3", "--trusted-host", "d"], env)["trusted-host"] == ("c:3", "d")
+
+
+def test_no_verify_signatures_flag_and_env():
+    assert parse(["--dry-run", "--job", HEAD, "--no-verify-signatures"])["verify-signatures"] is False
+    assert parse(["--dry-run", "--job", HEAD], {"SNSD_VERIFY_SIGNATURES": "0"})["verify-signatures"] is False
+
+
+@pytest.mark.parametrize(
+    "args,names",
+    [
+        (["--workers", "-1"], "--workers"),
+        (["--workers", "ten"], "--workers"),
+        (["--workers", "0"], "--workers"),
+        (["--breaker-mode", "panic"], "--breaker-mode"),
+        (["--breaker-cooldown", "soon"], "--breaker-cooldown"),
+        (["--job", "no.such.module:job"], "--job"),
+        (["--job", "snsd.jobs.head:nothing"], "--job"),
+        (["--job", "notaspec"], "--job"),
+        (["--ack", "never"], "--ack"),
+        (["--max-age", "7200"], "--dedup-ttl"),
+        (["--basic-auth", "nocolon"], "--basic-auth"),
+    ],
+)
+def test_bad_values_are_one_line_usage_errors_naming_the_option(args, names):
+    with pytest.raises(usage.UsageError) as raised:
+        parse(["--dry-run", "--job", HEAD, *args] if "--job" not in args else ["--dry-run", *args])
+    message = str(raised.value)
+    assert names in message
+    assert "\n" not in message
+
+
+def test_results_bucket_required_without_dry_run():
+    with pytest.raises(usage.UsageError, match="--results-bucket"):
+        parse(["--job", HEAD])
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(usage.UsageError, match="SNSD_DRY_RUN"):
+        parse(["--job", HEAD], {"SNSD_DRY_RUN": "maybe"})
+
+
+def test_help_documents_every_option_and_its_variable():
+    text = str(SNSDOptions(environ={}))
+    for flag, env in [
+        ("--port", "SNSD_PORT"),
+        ("--workers", "SNS_WORKER_MAX"),
+        ("--breaker-max-failures", "CIRCUIT_BREAKER_MAX_FAILURES"),
+        ("--breaker-cooldown", "CIRCUIT_BREAKER_COOLDOWN_SECONDS"),
+        ("--breaker-mode", "CIRCUIT_BREAKER_MODE"),
+        ("--dry-run", "SNSD_DRY_RUN"),
+        ("--results", "SNSD_RESULTS_PATH"),
+        ("--job", "SNSD_JOB"),
+        ("--spool", "SNSD_SPOOL_PATH"),
+        ("--trusted-host", "SNSD_TRUSTED_HOSTS"),
+        ("--topic-arn", "SNSD_TOPIC_ARNS"),
+    ]:
+        assert flag in text
+        assert env in text
