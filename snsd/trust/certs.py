@@ -1,0 +1,177 @@
+"""Fetching, checking and caching SNS signing certificates.
+
+Only URLs that pass :class:`~snsd.trust.hosts.HostTrust` are ever requested (checked again
+here, whatever the caller already did).  A download has a timeout (from the injected clock,
+covering the response *and* its body) and a size cap (a PEM is a few KB), follows no redirects
+(a redirect could lead off the trusted host), and is parsed once.  Certificates are cached by
+URL in a bounded LRU; an entry lives at most ``max_ttl`` seconds and never past the
+certificate's notAfter.  Concurrent callers for the same URL share one download.
+
+Trust in an AWS certificate comes from where it was fetched (https, certificate-verified by
+treq's default agent, from ``sns.<region>.amazonaws.com``) plus its subject CN and validity
+dates, as in AWS's own SDK validators.  Certificates from trusted emulator hosts skip the CN
+rule: LocalStack's is self-signed with a LocalStack CN.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+import treq
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from snsd import metrics
+from snsd.trust.errors import TrustError
+from snsd.trust.hosts import HostTrust
+
+log = Logger()
+
+# CNs AWS signs SNS messages with: sns.amazonaws.com in most regions, sns-signing.<region>.…
+# in opt-in regions, sns-<region>.amazonaws.com(.cn) in GovCloud and China.
+_SNS_COMMON_NAME = re.compile(
+    r"sns\.amazonaws\.com|sns-signing\.[a-z0-9-]+\.amazonaws\.com(\.cn)?|sns-[a-z0-9-]+\.amazonaws\.com(\.cn)?"
+)
+# A certificate minted moments ago by an emulator on a machine whose clock is a little ahead
+# must not be "not yet valid".
+_NOT_BEFORE_SKEW = 300.0
+
+
+class _FetchFailed(Exception):
+    pass
+
+
+def check_certificate(certificate: x509.Certificate, now: float, require_sns_cn: bool) -> None:
+    """Refuse (403 ``untrusted_certificate``) a certificate outside its dates or with a foreign CN."""
+    not_before = certificate.not_valid_before_utc.timestamp()
+    not_after = certificate.not_valid_after_utc.timestamp()
+    if now + _NOT_BEFORE_SKEW < not_before:
+        raise TrustError(403, "untrusted_certificate", "certificate is not valid yet")
+    if now > not_after:
+        raise TrustError(403, "untrusted_certificate", "certificate has expired")
+    if require_sns_cn:
+        names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if len(names) != 1 or not isinstance(names[0], str) or not _SNS_COMMON_NAME.fullmatch(names[0]):
+            raise TrustError(403, "untrusted_certificate", f"subject CN {names!r} is not an SNS one")
+
+
+class CertificateStore:
+    def __init__(
+        self,
+        http_client,
+        clock: IReactorTime,
+        host_trust: HostTrust,
+        timeout: float = 5.0,
+        max_bytes: int = 16384,
+        max_entries: int = 64,
+        max_ttl: float = 24 * 3600.0,
+    ) -> None:
+        self._http = http_client
+        self._clock = clock
+        self._host_trust = host_trust
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        # url -> (certificate, expires_at); most recently used last
+        self._cache: OrderedDict[str, tuple[x509.Certificate, float]] = OrderedDict()
+        # url -> callers waiting on the one download in flight
+        self._waiting: dict[str, list[Deferred[x509.Certificate]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def fetch(self, url: str, region: str | None = None) -> Deferred[x509.Certificate]:
+        """The checked certificate at ``url``; fails with :class:`TrustError`.
+
+        ``region`` (the signed TopicArn's) tightens the host re-check; without it any SNS
+        region's host is accepted here, the verifier having already matched the region.
+        """
+        try:
+            self._host_trust.check_cert_url(url, region)
+        except TrustError as e:
+            return fail(e)
+        now = self._clock.seconds()
+        cached = self._cache.get(url)
+        if cached is not None:
+            certificate, expires_at = cached
+            if now < expires_at:
+                self._cache.move_to_end(url)
+                metrics.CERT_CACHE.labels(result="hit").inc()
+                return succeed(certificate)
+            del self._cache[url]
+        waiter: Deferred[x509.Certificate] = Deferred()
+        if url in self._waiting:
+            # Another message already asked for this URL: wait for its download.
+            metrics.CERT_CACHE.labels(result="hit").inc()
+            self._waiting[url].append(waiter)
+            return waiter
+        metrics.CERT_CACHE.labels(result="miss").inc()
+        self._waiting[url] = [waiter]
+        download = ensureDeferred(self._download(url))
+        download.addTimeout(self.timeout, self._clock)
+        download.addCallback(self._check_and_cache, url)
+        download.addBoth(self._deliver, url)
+        return waiter
+
+    async def _download(self, url: str) -> bytes:
+        response = await self._http.get(url, allow_redirects=False, unbuffered=True)
+        size = 0
+        chunks: list[bytes] = []
+
+        def collect(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > self.max_bytes:
+                raise _FetchFailed(f"certificate is larger than {self.max_bytes} bytes")
+            chunks.append(data)
+
+        # Read (at most max_bytes of) the body even on an error status, so the connection is
+        # either reused or closed rather than left holding an unread body.
+        await treq.collect(response, collect)
+        if response.code != 200:
+            raise _FetchFailed(f"HTTP {response.code}")
+        return b"".join(chunks)
+
+    def _check_and_cache(self, body: bytes, url: str) -> x509.Certificate:
+        try:
+            certificate = x509.load_pem_x509_certificate(body)
+        except ValueError:
+            raise _FetchFailed("body is not a PEM certificate") from None
+        now = self._clock.seconds()
+        check_certificate(certificate, now, require_sns_cn=not self._host_trust.is_trusted_host(url))
+        expires_at = min(now + self.max_ttl, certificate.not_valid_after_utc.timestamp())
+        self._cache[url] = (certificate, expires_at)
+        self._cache.move_to_end(url)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        log.info(
+            "cached signing certificate {url} until {expires}",
+            url=url,
+            expires=datetime.fromtimestamp(expires_at, UTC).isoformat(),
+        )
+        return certificate
+
+    def _deliver(self, result: x509.Certificate | Failure, url: str) -> None:
+        waiters = self._waiting.pop(url, [])
+        if isinstance(result, Failure):
+            if result.check(TrustError):
+                error = result.value
+            else:
+                log.warn(
+                    "could not fetch signing certificate {url}: {error}",
+                    url=url,
+                    error=result.getErrorMessage() or result.type.__name__,
+                )
+                error = TrustError(502, "cert_fetch_failed", result.getErrorMessage() or result.type.__name__)
+            for waiter in waiters:
+                waiter.errback(Failure(error))
+        else:
+            for waiter in waiters:
+                waiter.callback(result)

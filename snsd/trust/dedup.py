@@ -1,0 +1,81 @@
+"""Recently seen MessageIds, so SNS's at-least-once redeliveries run one job, not several.
+
+An id is *reserved* the moment a delivery starts being handled, not when it finishes, so two
+concurrent deliveries of the same message cannot both pass; a delivery refused with 5xx
+*releases* its id so the SNS retry is accepted.  Entries expire ``ttl`` seconds after they were
+reserved (time from the injected clock), and at most ``max_entries`` are kept: beyond that the
+oldest are forgotten first.  Every call is O(1) amortised (an ``OrderedDict`` in insertion
+order; expired entries are dropped from the old end as they are met).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from snsd import metrics
+
+log = Logger()
+
+
+class DedupCache:
+    def __init__(self, clock: IReactorTime, ttl: float = 3600.0, max_entries: int = 100_000) -> None:
+        if ttl <= 0 or max_entries <= 0:
+            raise ValueError("ttl and max_entries must be positive")
+        self._clock = clock
+        self.ttl = ttl
+        self.max_entries = max_entries
+        # message_id -> time it was reserved (or accepted, for preloaded ids)
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def _expired(self, seen_at: float, now: float) -> bool:
+        return now - seen_at >= self.ttl
+
+    def _purge(self, now: float) -> None:
+        # Stops at the first live entry; ids preloaded out of order may outlive their TTL in
+        # memory a little, but every lookup checks its own entry's age, so they never count.
+        while self._seen:
+            message_id, seen_at = next(iter(self._seen.items()))
+            if not self._expired(seen_at, now):
+                return
+            del self._seen[message_id]
+
+    def _insert(self, message_id: str, seen_at: float) -> None:
+        self._seen[message_id] = seen_at
+        self._seen.move_to_end(message_id)
+        while len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+
+    def reserve(self, message_id: str) -> bool:
+        """Mark ``message_id`` as in flight; False (a duplicate) if it was seen within the TTL."""
+        now = self._clock.seconds()
+        self._purge(now)
+        seen_at = self._seen.get(message_id)
+        if seen_at is not None and not self._expired(seen_at, now):
+            metrics.DUPLICATES.inc()
+            log.info("duplicate message {message_id}", message_id=message_id)
+            return False
+        self._insert(message_id, now)
+        return True
+
+    def release(self, message_id: str) -> None:
+        """Forget ``message_id``: it was refused with a 5xx and SNS will send it again."""
+        self._seen.pop(message_id, None)
+
+    def remember(self, message_id: str, accepted_at: float) -> None:
+        """Preload an id accepted at ``accepted_at`` (epoch seconds), e.g. from the spool at startup."""
+        now = self._clock.seconds()
+        if self._expired(accepted_at, now):
+            return
+        previous = self._seen.get(message_id)
+        self._insert(message_id, accepted_at if previous is None else max(previous, accepted_at))
+
+    def __contains__(self, message_id: object) -> bool:
+        seen_at = self._seen.get(message_id)  # type: ignore[call-overload]
+        return seen_at is not None and not self._expired(seen_at, self._clock.seconds())
+
+    def __len__(self) -> int:
+        self._purge(self._clock.seconds())
+        return len(self._seen)
