@@ -13,9 +13,11 @@ the pool.  That order lives in :meth:`SNSDaemon.stopService` and nowhere else.
 
 from __future__ import annotations
 
+import signal
+
 import treq
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -49,8 +51,10 @@ class SNSDaemon(MultiService):
         sink,
         dedup,
         settings: dict,
+        reactor,
     ):
         super().__init__()
+        self._reactor = reactor
         self.endpoint = endpoint
         self.dispatcher = dispatcher
         self.spool = spool
@@ -66,9 +70,16 @@ class SNSDaemon(MultiService):
     def startService(self):
         MultiService.startService(self)
         self._announce()
+        # With a port of 0 the kernel picks one: say which, so scripts and tests can find it.
+        self.http._waitingForPort.addCallback(self._listening)
         opened = self.spool.open(dedup_ttl=self.settings["dedup-ttl"])
         opened.addCallback(self._recovered)
         opened.addErrback(lambda f: log.failure("could not open the spool {path}", f, path=self.spool.path))
+
+    def _listening(self, port):
+        address = port.getHost()
+        log.info("listening on {host}:{port}", host=getattr(address, "host", address), port=getattr(address, "port", 0))
+        return port
 
     def _recovered(self, recovery):
         for message_id, accepted_at in recovery.recent_message_ids:
@@ -76,21 +87,24 @@ class SNSDaemon(MultiService):
         self.dispatcher.start(recovery)
         log.info("ready: {pending} records pending in {spool}", pending=recovery.pending, spool=self.spool.path)
 
-    @inlineCallbacks
     def stopService(self):
+        return self._stop().addErrback(lambda f: log.failure("error while stopping", f))
+
+    @inlineCallbacks
+    def _stop(self):
         timeout = self.settings["drain-timeout"]
         self.endpoint.draining = True
         log.info(
             "draining: waiting up to {timeout}s for {running} running jobs; {pending} pending stay spooled",
             timeout=timeout,
-            running=self.dispatcher.running,
+            running=self.dispatcher.jobs_running,
             pending=self.dispatcher.pending,
         )
         finished = yield self.dispatcher.drain(timeout)
         if not finished:
             log.warn(
                 "drain timed out with {running} jobs running; they stay spooled and run again at next start",
-                running=self.dispatcher.running,
+                running=self.dispatcher.jobs_running,
             )
         if self.spool.in_memory:
             # Nothing survives this process: log every record still owed a result.
@@ -99,7 +113,15 @@ class SNSDaemon(MultiService):
         yield self.spool.close()
         self.pool.stop(join=finished)
         self.sink.close()
-        yield MultiService.stopService(self)
+        # The children are stopped here, in this order; MultiService.stopService would stop
+        # them all again, at once.
+        for service in (self.pool, self.dispatcher, self.breaker):
+            service.stopService()
+        Service.stopService(self)
+        # twistd re-raises the signal that stopped it (exit status 143); a completed drain is a
+        # clean, intended exit, so report it as 0 to supervisors.
+        if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
+            self._reactor._exitSignal = None
         log.info("stopped")
 
     def _announce(self) -> None:
@@ -187,4 +209,5 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         sink=sink,
         dedup=dedup,
         settings=settings,
+        reactor=reactor,
     )

@@ -57,7 +57,8 @@ class Dispatcher(Service):
         self.breaker_mode = breaker_mode
         self.max_pending = max_pending
         self.pending = 0  # records spooled and not yet claimed (or reserved by an in-flight add)
-        self.running = 0
+        # Not `running`: that name is Service's own started/stopped flag.
+        self.jobs_running = 0
         self.ready = False
         self.draining = False
         self._cursor = 0  # highest record id claimed since start
@@ -81,7 +82,7 @@ class Dispatcher(Service):
         """Stop starting jobs; fire with True once running jobs end, False at the timeout."""
         self.draining = True
         self.ready = False
-        if self.running == 0:
+        if self.jobs_running == 0:
             return succeed(True)
         done = Deferred()
         self._idle.append(done)
@@ -149,7 +150,7 @@ class Dispatcher(Service):
     def _pump(self) -> None:
         if self._claiming or self.draining or not self.ready or self.pending <= 0:
             return
-        free = self.workers - self.running
+        free = self.workers - self.jobs_running
         if free <= 0:
             return
         permits = []
@@ -197,7 +198,7 @@ class Dispatcher(Service):
         self.spool.dead_letter(spooled.id, "breaker_open", None).addBoth(self._settled, spooled.id, False)
 
     def _start(self, spooled: SpooledRecord, permit) -> None:
-        self.running += 1
+        self.jobs_running += 1
         metrics.JOBS_RUNNING.inc()
         d = self.pool.submit(self._run_in_thread, spooled)
         d.addCallback(self._finished, spooled, permit)
@@ -228,7 +229,7 @@ class Dispatcher(Service):
         return line
 
     def _finished(self, line: dict, spooled: SpooledRecord, permit) -> None:
-        self.running -= 1
+        self.jobs_running -= 1
         metrics.JOBS_RUNNING.dec()
         metrics.JOB_DURATION.observe(line["duration_ms"] / 1000)
         verdict = (line["result"] or {}).get("verdict", "none") if isinstance(line["result"], dict) else "none"
@@ -263,7 +264,7 @@ class Dispatcher(Service):
 
     def _crashed(self, failure, spooled: SpooledRecord, permit) -> None:
         # The result could not be recorded (the sink failed): keep the record as a dead letter.
-        self.running -= 1
+        self.jobs_running -= 1
         metrics.JOBS_RUNNING.dec()
         self.breaker.failed(permit)
         metrics.DEAD_LETTERS.labels(reason="sink_error").inc()
@@ -279,7 +280,7 @@ class Dispatcher(Service):
             log.failure("spool update for record {record_id} failed", outcome, record_id=record_id)
         for d in self._waiters.pop(record_id, ()):
             d.callback(ok)
-        if self.running == 0 and self._idle:
+        if self.jobs_running == 0 and self._idle:
             idle, self._idle = self._idle, []
             for d in idle:
                 if not d.called:

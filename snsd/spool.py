@@ -24,7 +24,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -104,8 +104,11 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 class SQLiteSpool:
-    def __init__(self, reactor, path: str, clock=None):
+    def __init__(self, reactor, path: str, clock=None, inline: bool = False):
+        """``inline=True`` runs each operation at once on the caller's thread, committing
+        each: for synchronous tests and the admin command, never for the daemon."""
         self._reactor = reactor
+        self._inline_conn = connect(path) if inline else None
         self._clock = clock or reactor
         self.path = path
         self.in_memory = path == ":memory:"
@@ -117,6 +120,8 @@ class SQLiteSpool:
 
     def open(self, dedup_ttl: float = 3600.0) -> Deferred:
         """Start the writer thread; fires with a :class:`Recovery`."""
+        if self._inline_conn is not None:
+            return self._submit(self._recover_since(self._clock.seconds() - dedup_ttl))
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -135,8 +140,10 @@ class SQLiteSpool:
         ready.wait()
         if failure:
             raise failure[0]
-        since = self._clock.seconds() - dedup_ttl
+        return self._submit(self._recover_since(self._clock.seconds() - dedup_ttl))
 
+    @staticmethod
+    def _recover_since(since: float):
         def recover(conn):
             (pending,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()
             recent = conn.execute(
@@ -148,13 +155,14 @@ class SQLiteSpool:
             )
             return Recovery(pending=pending, recent_message_ids=tuple(recent))
 
-        return self._submit(recover)
+        return recover
 
     def close(self) -> Deferred:
         """Commit what is queued and stop the writer thread."""
+        if self._inline_conn is not None:
+            self._inline_conn.close()
+            return succeed(None)
         if self._thread is None:
-            from twisted.internet.defer import succeed
-
             return succeed(None)
         d = Deferred()
         self._ops.put((None, d))
@@ -280,6 +288,17 @@ class SQLiteSpool:
     # -- the writer thread -----------------------------------------------------------------
 
     def _submit(self, operation) -> Deferred:
+        if self._inline_conn is not None:
+            conn = self._inline_conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = operation(conn)
+            except Exception:
+                conn.execute("ROLLBACK")
+                return fail()
+            conn.execute("COMMIT")
+            self.commits += 1
+            return succeed(result)
         d = Deferred()
         self._ops.put((operation, d))
         return d
