@@ -53,7 +53,7 @@ def check_certificate(certificate: x509.Certificate, now: float, require_sns_cn:
     not_after = certificate.not_valid_after_utc.timestamp()
     if now + _NOT_BEFORE_SKEW < not_before:
         raise TrustError(403, "untrusted_certificate", "certificate is not valid yet")
-    if now > not_after:
+    if now >= not_after:  # the cache drops entries at notAfter too: one boundary, one answer
         raise TrustError(403, "untrusted_certificate", "certificate has expired")
     if require_sns_cn:
         names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]

@@ -1,0 +1,225 @@
+"""Fetching signing certificates through treq (StubTreq over a recording resource) on a fake clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from prometheus_client import REGISTRY
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from snsd.trust.certs import CertificateStore
+from snsd.trust.errors import TrustError
+from snsd.trust.hosts import HostTrust
+from tests.trust_helpers import (
+    CERT_URL,
+    LOCALSTACK_CERT_URL,
+    NOW,
+    RecordingResource,
+    certificate_pem,
+    failure_of,
+    make_certificate,
+    result_of,
+    rsa_key,
+)
+
+PATH = b"/SimpleNotificationService-0123456789abcdef.pem"
+LOCALSTACK_PATH = b"/_aws/sns/SimpleNotificationService-6c6f63616c737461636b.pem"
+CERT = make_certificate(rsa_key())
+PEM = certificate_pem(CERT)
+
+
+class Harness:
+    def __init__(self, routes=None, trusted=(), **kwargs):
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        self.resource = RecordingResource({PATH: (200, PEM), **(routes or {})})
+        self.stub = StubTreq(self.resource)
+        self.store = CertificateStore(self.stub, self.clock, HostTrust(trusted), **kwargs)
+
+    def fetch(self, url=CERT_URL, region="us-east-1"):
+        d = self.store.fetch(url, region)
+        self.stub.flush()
+        return d
+
+
+def cache_count(result):
+    return REGISTRY.get_sample_value("snsd_cert_cache_total", {"result": result}) or 0.0
+
+
+def test_fetches_parses_and_returns_the_certificate():
+    h = Harness()
+    certificate = result_of(h.fetch())
+    assert certificate == CERT
+    assert h.resource.requests == ["sns.us-east-1.amazonaws.com" + PATH.decode()]
+
+
+def test_second_fetch_is_served_from_the_cache():
+    h = Harness()
+    hits, misses = cache_count("hit"), cache_count("miss")
+    result_of(h.fetch())
+    assert result_of(h.fetch()) == CERT
+    assert len(h.resource.requests) == 1
+    assert (cache_count("hit") - hits, cache_count("miss") - misses) == (1, 1)
+
+
+def test_concurrent_callers_share_one_download():
+    h = Harness()
+    h.resource.hang.add(PATH)  # hold the answer so the callers really overlap
+    pending = [h.store.fetch(CERT_URL, "us-east-1") for _ in range(50)]
+    h.stub.flush()
+    assert not any(d.called for d in pending)
+    h.resource.answer_pending()
+    h.stub.flush()
+    assert [result_of(d) for d in pending] == [CERT] * 50
+    assert len(h.resource.requests) == 1
+
+
+def test_cache_entry_expires_at_the_certificate_not_after():
+    cert = make_certificate(rsa_key(), not_after=NOW + timedelta(seconds=120))
+    h = Harness(routes={PATH: (200, certificate_pem(cert))})
+    result_of(h.fetch())
+    h.clock.advance(119)
+    result_of(h.fetch())
+    assert len(h.resource.requests) == 1
+    h.clock.advance(1)
+    # Expired from the cache, fetched again, and now refused as expired.
+    error = failure_of(h.fetch(), TrustError)
+    assert (error.status, error.reason) == (403, "untrusted_certificate")
+    assert len(h.resource.requests) == 2
+
+
+def test_cache_entry_expires_after_the_maximum_ttl():
+    h = Harness(max_ttl=600)
+    result_of(h.fetch())
+    h.clock.advance(599)
+    result_of(h.fetch())
+    h.clock.advance(1)
+    result_of(h.fetch())
+    assert len(h.resource.requests) == 2
+
+
+def test_the_cache_is_bounded():
+    paths = [f"/SimpleNotificationService-{i}.pem".encode() for i in range(5)]
+    h = Harness(routes={p: (200, PEM) for p in paths}, max_entries=2)
+    for p in paths:
+        result_of(h.fetch("https://sns.us-east-1.amazonaws.com" + p.decode()))
+    assert len(h.store) == 2
+    # The most recent two are cached, the first was evicted.
+    result_of(h.fetch("https://sns.us-east-1.amazonaws.com" + paths[-1].decode()))
+    result_of(h.fetch("https://sns.us-east-1.amazonaws.com" + paths[0].decode()))
+    assert len(h.resource.requests) == 6
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://sns.us-east-1.amazonaws.com.evil.example/SimpleNotificationService-1.pem",
+        "https://evil.example/sns.us-east-1.amazonaws.com/SimpleNotificationService-1.pem",
+        "https://sns.us-east-1.amazonaws.com@evil.example/SimpleNotificationService-1.pem",
+        "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-1.pem",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.pem",
+    ],
+)
+def test_an_untrusted_url_is_never_requested(url):
+    h = Harness()
+    error = failure_of(h.fetch(url), TrustError)
+    assert error.reason == "untrusted_cert_url"
+    assert h.resource.requests == []
+
+
+@pytest.mark.parametrize(
+    "routes, detail",
+    [
+        ({PATH: (404, b"no")}, "HTTP 404"),
+        ({PATH: (500, b"oops")}, "HTTP 500"),
+        ({PATH: (302, b"")}, "HTTP 302"),
+        ({PATH: (200, b"this is not a certificate")}, "not a PEM"),
+        ({PATH: (200, PEM + b"\n" * 20000)}, "larger than"),
+    ],
+)
+def test_a_download_failure_is_a_5xx_cert_fetch_failed(routes, detail):
+    h = Harness(routes=routes)
+    error = failure_of(h.fetch(), TrustError)
+    assert (error.status, error.reason) == (502, "cert_fetch_failed")
+    assert detail in error.detail
+    assert len(h.store) == 0
+
+
+def test_a_download_that_never_answers_times_out():
+    h = Harness(timeout=5.0)
+    h.resource.hang.add(PATH)
+    d = h.fetch()
+    h.clock.advance(4.9)
+    assert not d.called
+    h.clock.advance(0.1)
+    error = failure_of(d, TrustError)
+    assert (error.status, error.reason) == (502, "cert_fetch_failed")
+
+
+def test_a_dropped_connection_is_a_5xx_cert_fetch_failed():
+    h = Harness()
+    h.resource.hang.add(PATH)
+    d = h.fetch()
+    h.resource.drop_pending()
+    h.stub.flush()
+    error = failure_of(d, TrustError)
+    assert (error.status, error.reason) == (502, "cert_fetch_failed")
+
+
+def test_a_failed_download_is_not_cached_and_is_retried():
+    h = Harness(routes={PATH: (503, b"")})
+    failure_of(h.fetch(), TrustError)
+    h.resource.routes[PATH] = (200, PEM)
+    assert result_of(h.fetch()) == CERT
+    assert len(h.resource.requests) == 2
+
+
+def test_all_concurrent_callers_see_the_failure():
+    h = Harness(routes={PATH: (500, b"")})
+    h.resource.hang.add(PATH)
+    pending = [h.store.fetch(CERT_URL, "us-east-1") for _ in range(3)]
+    h.resource.answer_pending()
+    h.stub.flush()
+    assert {failure_of(d, TrustError).reason for d in pending} == {"cert_fetch_failed"}
+    assert len(h.resource.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "cn", ["LocalStack TEST SNS Root Certificate Authority", "evil.example", "sns.amazonaws.com.x"]
+)
+def test_an_aws_host_certificate_needs_an_sns_common_name(cn):
+    h = Harness(routes={PATH: (200, certificate_pem(make_certificate(rsa_key(), common_name=cn)))})
+    error = failure_of(h.fetch(), TrustError)
+    assert (error.status, error.reason) == (403, "untrusted_certificate")
+
+
+@pytest.mark.parametrize(
+    "cn", ["sns.amazonaws.com", "sns-signing.ap-east-1.amazonaws.com", "sns-cn-north-1.amazonaws.com.cn"]
+)
+def test_sns_common_names_are_accepted(cn):
+    h = Harness(routes={PATH: (200, certificate_pem(make_certificate(rsa_key(), common_name=cn)))})
+    assert result_of(h.fetch()).subject.rfc4514_string() == f"CN={cn}"
+
+
+def test_certificates_outside_their_validity_dates_are_refused():
+    for cert in (
+        make_certificate(rsa_key(), not_before=NOW - timedelta(days=60), not_after=NOW - timedelta(days=1)),
+        make_certificate(rsa_key(), not_before=NOW + timedelta(days=1), not_after=NOW + timedelta(days=60)),
+    ):
+        h = Harness(routes={PATH: (200, certificate_pem(cert))})
+        assert failure_of(h.fetch(), TrustError).reason == "untrusted_certificate"
+
+
+def test_a_trusted_emulator_host_waives_the_common_name_rule_over_http():
+    localstack_cert = make_certificate(rsa_key(), common_name="LocalStack TEST SNS Root Certificate Authority")
+    h = Harness(routes={LOCALSTACK_PATH: (200, certificate_pem(localstack_cert))}, trusted=["127.0.0.1:4566"])
+    assert result_of(h.fetch(LOCALSTACK_CERT_URL)) == localstack_cert
+    assert h.resource.requests == ["127.0.0.1:4566" + LOCALSTACK_PATH.decode()]
+
+
+def test_an_emulator_url_is_not_requested_unless_its_host_is_trusted():
+    h = Harness(routes={LOCALSTACK_PATH: (200, PEM)})
+    assert failure_of(h.fetch(LOCALSTACK_CERT_URL), TrustError).reason == "untrusted_cert_url"
+    assert h.resource.requests == []

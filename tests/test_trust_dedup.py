@@ -1,0 +1,75 @@
+"""Duplicate MessageIds, on a fake clock."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+from twisted.internet.task import Clock
+
+from snsd.trust.dedup import DedupCache
+
+
+def make(ttl=3600.0, max_entries=100):
+    clock = Clock()
+    clock.advance(1_000_000)
+    return clock, DedupCache(clock, ttl=ttl, max_entries=max_entries)
+
+
+def test_first_delivery_passes_and_the_second_is_a_duplicate():
+    _, cache = make()
+    before = REGISTRY.get_sample_value("snsd_duplicates_total") or 0.0
+    assert cache.reserve("m-1")
+    assert "m-1" in cache
+    assert not cache.reserve("m-1")
+    assert cache.reserve("m-2")
+    assert (REGISTRY.get_sample_value("snsd_duplicates_total") or 0.0) - before == 1
+
+
+def test_a_duplicate_within_the_ttl_is_refused_and_after_it_accepted():
+    clock, cache = make(ttl=60)
+    assert cache.reserve("m")
+    clock.advance(59.9)
+    assert not cache.reserve("m")
+    clock.advance(0.1)
+    assert "m" not in cache
+    assert cache.reserve("m")
+    assert not cache.reserve("m")
+
+
+def test_release_after_a_5xx_lets_the_retry_through():
+    _, cache = make()
+    assert cache.reserve("m")
+    cache.release("m")
+    assert "m" not in cache
+    assert cache.reserve("m")
+    cache.release("never-seen")  # harmless
+
+
+def test_remembered_ids_count_from_their_acceptance_time():
+    clock, cache = make(ttl=100)
+    now = clock.seconds()
+    cache.remember("old", now - 100)  # already expired: not kept
+    cache.remember("recent", now - 90)
+    assert "old" not in cache
+    assert "recent" in cache
+    assert not cache.reserve("recent")
+    clock.advance(10)
+    assert cache.reserve("recent")
+
+
+def test_memory_is_bounded_by_evicting_the_oldest():
+    clock, cache = make(max_entries=3)
+    for i in range(5):
+        clock.advance(1)
+        assert cache.reserve(f"m-{i}")
+    assert len(cache) == 3
+    assert "m-0" not in cache and "m-1" not in cache
+    assert all(f"m-{i}" in cache for i in (2, 3, 4))
+
+
+def test_expired_entries_are_dropped_from_memory():
+    clock, cache = make(ttl=10)
+    for i in range(50):
+        cache.reserve(f"m-{i}")
+    assert len(cache) == 50
+    clock.advance(10)
+    assert len(cache) == 0

@@ -1,0 +1,56 @@
+"""The topic allow-list: wildcards stay inside one ARN field."""
+
+from __future__ import annotations
+
+import pytest
+
+from snsd.trust.topics import TopicAllowList
+
+
+def test_no_patterns_allows_every_topic():
+    allow = TopicAllowList([])
+    assert allow.open
+    assert allow.allows("arn:aws:sns:us-east-1:123456789012:anything")
+    assert TopicAllowList(["", "  "]).open
+
+
+def test_exact_topic():
+    allow = TopicAllowList(["arn:aws:sns:us-east-1:123456789012:uploads"])
+    assert not allow.open
+    assert allow.allows("arn:aws:sns:us-east-1:123456789012:uploads")
+    assert not allow.allows("arn:aws:sns:us-east-1:123456789012:uploads2")
+    assert not allow.allows("arn:aws:sns:us-east-1:123456789012:upload")
+    assert not allow.allows("arn:aws:sns:us-east-1:999999999999:uploads")
+
+
+def test_wildcards_within_fields():
+    allow = TopicAllowList(["arn:aws:sns:*:123456789012:uploads-*"])
+    assert allow.allows("arn:aws:sns:eu-west-1:123456789012:uploads-raw")
+    assert allow.allows("arn:aws:sns:us-east-1:123456789012:uploads-")
+    assert not allow.allows("arn:aws:sns:us-east-1:123456789012:downloads-raw")
+    assert not allow.allows("arn:aws:sns:us-east-1:999999999999:uploads-raw")
+
+
+def test_a_wildcard_never_spans_a_colon():
+    allow = TopicAllowList(["arn:aws:sns:us-east-1:*:uploads"])
+    assert allow.allows("arn:aws:sns:us-east-1:123456789012:uploads")
+    assert not allow.allows("arn:aws:sns:us-east-1:123:456:uploads")
+    assert not TopicAllowList(["arn:aws:sns:*:1:t*"]).allows("arn:aws:sns:us-east-1:1:t:extra")
+
+
+def test_other_characters_are_literal():
+    allow = TopicAllowList(["arn:aws:sns:us-east-1:1:up.loads?"])
+    assert allow.allows("arn:aws:sns:us-east-1:1:up.loads?")
+    assert not allow.allows("arn:aws:sns:us-east-1:1:upXloads")
+
+
+def test_any_pattern_may_match():
+    allow = TopicAllowList(["arn:aws:sns:us-east-1:1:a", " arn:aws:sns:us-east-1:1:b "])
+    assert allow.allows("arn:aws:sns:us-east-1:1:b")
+    assert allow.patterns == ("arn:aws:sns:us-east-1:1:a", "arn:aws:sns:us-east-1:1:b")
+
+
+@pytest.mark.parametrize("pattern", ["*", "uploads", "arn:aws:sns:us-east-1:uploads", "x:aws:sns:r:1:t"])
+def test_patterns_that_are_not_arns_are_configuration_errors(pattern):
+    with pytest.raises(ValueError):
+        TopicAllowList([pattern])
