@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -50,6 +51,16 @@ def string_to_sign(fields: dict) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
+@functools.lru_cache(maxsize=8)
+def _load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
+    # Loading validates the RSA key, which costs far more than signing: a load tool signing
+    # thousands of messages with one key must not pay it per message.
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("SNS signatures need an RSA private key")
+    return key
+
+
 def sign_fields(fields: dict, private_key_pem: bytes | str, version: str = "1") -> dict:
     """Return a copy of ``fields`` with ``Signature`` and ``SignatureVersion`` set.
 
@@ -59,10 +70,7 @@ def sign_fields(fields: dict, private_key_pem: bytes | str, version: str = "1") 
         raise ValueError(f"unsupported SignatureVersion {version!r}")
     if isinstance(private_key_pem, str):
         private_key_pem = private_key_pem.encode("ascii")
-    key = serialization.load_pem_private_key(private_key_pem, password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("SNS signatures need an RSA private key")
-    signature = key.sign(string_to_sign(fields), padding.PKCS1v15(), DIGESTS[version]())
+    signature = _load_private_key(private_key_pem).sign(string_to_sign(fields), padding.PKCS1v15(), DIGESTS[version]())
     signed = dict(fields)
     signed["SignatureVersion"] = version
     signed["Signature"] = base64.b64encode(signature).decode("ascii")
