@@ -13,11 +13,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-
-from snsd import metrics
-
-log = Logger()
 
 
 class DedupCache:
@@ -54,8 +49,7 @@ class DedupCache:
         self._purge(now)
         seen_at = self._seen.get(message_id)
         if seen_at is not None and not self._expired(seen_at, now):
-            metrics.DUPLICATES.inc()
-            log.info("duplicate message {message_id}", message_id=message_id)
+            # Counted (snsd_duplicates_total) and logged by the endpoint, which answers it.
             return False
         self._insert(message_id, now)
         return True
