@@ -21,6 +21,7 @@ from snsd.dq.formats import EXAMPLE_ROWS, ParseErrors
 from snsd.dq.rules import FALSE_VALUES, TRUE_VALUES, FieldSpec, RuleSet
 
 _INTEGER_RE = r"^[+-]?[0-9]+$"
+_DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _NUMBER_RE = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$|^(NaN|nan|INF|inf|-INF|-inf|\+INF|\+inf)$"
 
 
@@ -86,6 +87,8 @@ def _python_cast(strings: pa.Array, target: pa.DataType) -> pa.Array:
         try:
             if value is None:
                 out.append(None)
+            elif pa.types.is_date(target):
+                out.append(dt.date.fromisoformat(value))
             elif pa.types.is_integer(target):
                 number = int(value)
                 out.append(number if -(2**63) <= number < 2**63 else None)
@@ -94,6 +97,15 @@ def _python_cast(strings: pa.Array, target: pa.DataType) -> pa.Array:
         except ValueError:
             out.append(None)
     return pa.array(out, type=target)
+
+
+def _strptime(strings: pa.Array, fmt: str, target: pa.DataType) -> tuple[pa.Array, pa.Array]:
+    """Parse with a declared format.  Arrow's strptime rolls impossible dates over (Feb 30 -> Mar 1), so a
+    value only counts as good if formatting it again gives back the same text."""
+    parsed = pc.strptime(strings, format=fmt, unit="us", error_is_null=True)
+    same = pc.fill_null(pc.equal(pc.strftime(parsed, format=fmt), strings), False)
+    typed = pc.cast(pc.if_else(same, parsed, pa.scalar(None, parsed.type)), target)
+    return typed, pc.and_(pc.is_valid(strings), pc.invert(same))
 
 
 def _parse_datetimes(strings: pa.Array) -> pa.Array:
@@ -145,15 +157,12 @@ def coerce(array: pa.Array, spec: FieldSpec) -> tuple[pa.Array, pa.Array | None]
                 try:
                     return pc.cast(array, pa.date32()), None
                 except pa.ArrowInvalid:
-                    pass
-            parsed = pc.strptime(array, format=spec.format or "%Y-%m-%d", unit="s", error_is_null=True)
-            typed = pc.cast(parsed, pa.date32())
-            return typed, pc.and_(pc.is_valid(array), pc.is_null(typed))
+                    return _guarded(array, _DATE_RE, pa.date32())
+            return _strptime(array, spec.format, pa.date32())
         # datetime
         if spec.format is not None:
-            typed = pc.cast(pc.strptime(array, format=spec.format, unit="us", error_is_null=True), pa.timestamp("us"))
-        else:
-            typed = _parse_datetimes(array)
+            return _strptime(array, spec.format, pa.timestamp("us"))
+        typed = _parse_datetimes(array)
         return typed, pc.and_(pc.is_valid(array), pc.is_null(typed))
     # Natively typed columns (JSON Lines, Parquet).
     t = array.type

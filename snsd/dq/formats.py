@@ -176,6 +176,10 @@ class _CsvSource(BatchSource):
         if self._empty:
             return
         self.columns = next(csv.reader([header.decode("utf-8-sig")], delimiter=delimiter))
+        # Arrow refuses a stream with nothing after the header; that is just a file with no rows.
+        self._empty = not self._stream.peek(1)
+        if self._empty:
+            return
         missing = list(rule_set.missing_values) if rule_set else [""]
         self.nulls_normalised = True
         self._reader = pacsv.open_csv(
