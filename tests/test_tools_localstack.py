@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -192,9 +194,55 @@ def test_run_sets_the_aws_environment_and_passes_the_exit_code(localstack_url):
     assert result.stdout.split() == [localstack_url, "test"]
 
 
-def test_a_localstack_we_start_is_stopped_afterwards():
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (Linux /proc/net/tcp{,6})."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                local, state = line.split()[1], line.split()[3]
+                address, _, hex_port = local.rpartition(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+                    found.add(address)
+    return found
+
+
+def test_a_localstack_we_start_listens_on_loopback_only_and_is_stopped_afterwards():
     port = ls.free_port()
     with ls.ensure_localstack(port=port) as url:
         assert url == f"http://127.0.0.1:{port}"
         assert ls.is_healthy(url, ls.SERVICES)
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
     assert ls.health(url, timeout=1.0) is None
+    assert listening_addresses(port) == set()
+
+
+def test_a_taken_port_fails_at_once_with_a_clear_error():
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(ls.LocalStackError, match=f"port {port} is taken"):
+            with ls.ensure_localstack(port=port, timeout=5):
+                pass
+
+
+def test_up_runs_until_sigterm_and_then_stops_localstack():
+    port = ls.free_port()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "snsd.tools.localstack", "up", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        ready = up.stdout.readline()  # blocks until the CLI says LocalStack is healthy
+        assert ready.startswith(f"LocalStack ready at http://127.0.0.1:{port}")
+        assert ls.is_healthy(f"http://127.0.0.1:{port}")
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert listening_addresses(port) == set()

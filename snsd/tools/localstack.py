@@ -45,6 +45,19 @@ MARKER = ".snsd-localstack-installed"
 EXTRA_REQUIREMENTS = ("service-identity",)
 MIN_VERSION = (3, 12)
 
+# LocalStack's Twisted gateway ignores GATEWAY_LISTEN's host for IPv4 and listens on every
+# interface ("TODO: interface = host?" in localstack/runtime/server/twisted.py).  This launcher
+# runs ``python -m localstack.runtime.main`` with IPv4 listeners defaulting to loopback instead.
+LAUNCHER = """
+import os, runpy
+from twisted.internet import endpoints
+_init = endpoints.TCP4ServerEndpoint.__init__
+def _loopback_init(self, reactor, port, backlog=50, interface=""):
+    _init(self, reactor, port, backlog, interface or os.environ["SNSD_LOCALSTACK_INTERFACE"])
+endpoints.TCP4ServerEndpoint.__init__ = _loopback_init
+runpy.run_module("localstack.runtime.main", run_name="__main__", alter_sys=True)
+"""
+
 EXIT_NO_PYTHON = 2
 EXIT_FAILED = 1
 
@@ -281,6 +294,7 @@ class LocalStackProcess:
                 "GATEWAY_LISTEN": f"127.0.0.1:{self.port}",
                 # Also the host of the SigningCertURL that snsd must trust.
                 "LOCALSTACK_HOST": f"127.0.0.1:{self.port}",
+                "SNSD_LOCALSTACK_INTERFACE": "127.0.0.1",
                 "SERVICES": ",".join(self.services),
                 "FILESYSTEM_ROOT": str(self.root / "fs"),
                 # There is no network to send analytics to or download a TLS certificate from.
@@ -291,10 +305,19 @@ class LocalStackProcess:
         return env
 
     def start(self) -> None:
+        # LocalStack does not exit when its port is taken (it logs and waits): find out now.
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError as exc:
+                raise LocalStackError(
+                    f"port {self.port} is taken by something that is not a healthy LocalStack ({exc.strerror})"
+                ) from None
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.process = subprocess.Popen(
-                [str(venv_python(self.venv)), "-m", "localstack.runtime.main"],
+                [str(venv_python(self.venv)), "-c", LAUNCHER],
                 env=self.environment(),
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
