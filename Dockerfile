@@ -10,8 +10,9 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 RUN python -m pip install --no-cache-dir --disable-pip-version-check build
-COPY pyproject.toml setup.cfg ./
-COPY README.md ./
+# README* is a wildcard so a checkout without README still builds (the wheel's long description
+# is then empty); Docker only fails a COPY when none of its sources match.
+COPY pyproject.toml setup.cfg README* ./
 COPY snsd ./snsd
 COPY twisted ./twisted
 RUN python -m build --wheel --outdir /dist

@@ -183,9 +183,14 @@ def test_copied_sources_exist_and_are_not_dockerignored(dockerfile):
     for keyword, rest in dockerfile[0]:
         if keyword != "COPY" or rest.startswith("--from"):
             continue
+        matched = []
         for source in rest.split()[:-1]:
-            assert (ROOT / source).exists(), f"COPY source {source} missing from the build context"
+            # Like Docker: a wildcard may match nothing, a plain path must exist.
+            found = sorted(ROOT.glob(source)) if any(ch in source for ch in "*?[") else [ROOT / source]
+            assert all(path.exists() for path in found), f"COPY source {source} missing from the build context"
+            matched += found
             assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), f"{source} is dockerignored"
+        assert matched, f"COPY {rest} matches nothing"
 
 
 # ---------------------------------------------------------------------------- compose
@@ -198,6 +203,7 @@ def test_compose_has_localstack_snsd_and_a_one_shot_init(compose):
     assert "localstack/localstack" in image
     assert set(services["localstack"]["environment"]["SERVICES"].split(",")) >= {"sns", "s3", "sqs"}
     assert services["snsd"]["build"] == "."
+    assert services["init"]["image"] == services["snsd"]["image"]  # the wiring tool ships in the snsd image
     assert services["init"].get("restart", "no") == "no"
 
 
