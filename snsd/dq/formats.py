@@ -28,7 +28,11 @@ import pyarrow.parquet as pq
 
 from snsd.dq.rules import RuleSet
 
-DEFAULT_BLOCK_SIZE = 4 << 20
+# Arrow's CSV reader keeps a few dozen blocks in flight (measured: peak RSS grows ~40x the block size,
+# independent of the file's size); 1 MiB blocks were also the fastest measured, so small blocks cost nothing.
+DEFAULT_BLOCK_SIZE = 1 << 20
+# JSON Lines chunks: each is parsed by one read_json call; a few MB amortises the call.
+DEFAULT_JSON_CHUNK = 4 << 20
 PARQUET_SPOOL_MEMORY = 32 << 20
 PARQUET_BATCH_ROWS = 65536
 EXAMPLE_ROWS = 5
@@ -139,15 +143,14 @@ class BatchSource:
         raise NotImplementedError
 
 
-def open_source(
-    fmt: Format, body, rule_set: RuleSet | None = None, block_size: int = DEFAULT_BLOCK_SIZE
-) -> BatchSource:
+def open_source(fmt: Format, body, rule_set: RuleSet | None = None, block_size: int | None = None) -> BatchSource:
+    """Open ``body`` (anything with ``read(n)``) as ``fmt``; ``block_size`` overrides the read sizes (tests)."""
     raw = CountingReader(body)
     try:
         if fmt.kind in ("csv", "tsv"):
-            return _CsvSource(raw, fmt, rule_set, block_size)
+            return _CsvSource(raw, fmt, rule_set, block_size or DEFAULT_BLOCK_SIZE)
         if fmt.kind == "jsonl":
-            return _JsonLinesSource(raw, fmt, rule_set, block_size)
+            return _JsonLinesSource(raw, fmt, rule_set, block_size or DEFAULT_JSON_CHUNK)
         return _ParquetSource(raw)
     except (pa.ArrowException, OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as e:
         raise UnreadableError(f"cannot open {fmt.name}: {e}") from e

@@ -17,7 +17,7 @@ from botocore.config import Config
 from twisted.logger import Logger
 
 from snsd.dq.checks import TableChecker, check_result
-from snsd.dq.formats import DEFAULT_BLOCK_SIZE, UnreadableError, detect_format, open_source
+from snsd.dq.formats import UnreadableError, detect_format, open_source
 from snsd.dq.profile import Profiler
 from snsd.dq.rules import RuleBook, load_rules
 from snsd.records import S3ObjectRecord
@@ -75,7 +75,7 @@ class DataQualityJob:
         self,
         rulebook: RuleBook | None = None,
         s3_client_factory: Callable[[], object] | None = None,
-        block_size: int = DEFAULT_BLOCK_SIZE,
+        block_size: int | None = None,
     ):
         self.rulebook = rulebook or RuleBook()
         self._factory = s3_client_factory or _default_client
