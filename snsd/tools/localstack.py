@@ -355,10 +355,6 @@ class LocalStackProcess:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-        # LocalStack's workers may outlive the main process for a moment; the group goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
-            if process is not None:
-                os.killpg(process.pid, signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -384,11 +380,12 @@ def ensure_localstack(
         return
     venv = ensure_venv(out=out)
     process = LocalStackProcess(venv, port)
-    print(
-        f"snsd-localstack: starting LocalStack {LOCALSTACK_VERSION} on {process.url} (log {process.log_path})", file=out
-    )
     try:
         process.start()
+        print(
+            f"snsd-localstack: started LocalStack {LOCALSTACK_VERSION} on {process.url} (log {process.log_path})",
+            file=out,
+        )
         process.wait_healthy(timeout)
         yield process.url
     finally:
