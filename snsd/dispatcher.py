@@ -109,8 +109,13 @@ class Dispatcher(Service):
 
     # -- the web layer's calls -------------------------------------------------------------
 
-    def accept(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
-        """Spool a message's records; fires with their ids once they are durably recorded."""
+    def accept(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], track: bool = False) -> Deferred:
+        """Spool a message's records; fires once they are durably recorded.
+
+        Fires with the record ids or, with ``track=True`` (``--ack after-job``), with
+        ``(ids, done)``, ``done`` a Deferred that fires True when every record succeeded and False when any failed,
+        registered before the records can start so a fast job cannot finish unseen.
+        """
         if self.pending + len(records) > self.max_pending:
             raise Backpressure(f"{self.pending} records pending (max {self.max_pending})")
         # Reserve before the write so concurrent messages cannot overshoot the cap.
@@ -118,8 +123,10 @@ class Dispatcher(Service):
 
         def spooled(ids):
             metrics.SPOOL_PENDING.set(self.pending)
+            done = self._when_done(ids) if track else None
             self._pump()
-            return ids
+            # A tuple, not the bare Deferred: a callback returning a Deferred would chain on it.
+            return (ids, done) if track else ids
 
         def failed(failure):
             self.pending -= len(records)
@@ -132,8 +139,7 @@ class Dispatcher(Service):
         metrics.DEAD_LETTERS.labels(reason="breaker_open").inc(len(records))
         return self.spool.add_dead_letters(envelope, records, "breaker_open")
 
-    def when_done(self, record_ids) -> Deferred:
-        """Fire with True when every record succeeded, False when any failed (``--ack after-job``)."""
+    def _when_done(self, record_ids) -> Deferred:
         waits = []
         for record_id in record_ids:
             d = Deferred()

@@ -193,8 +193,9 @@ class SNSEndpoint:
             if self.breaker_mode == REJECT:
                 retry_after = str(max(1, math.ceil(self.breaker.cooldown_remaining())))
                 return 503, {"error": "circuit breaker open"}, {"Retry-After": retry_after}
+        after_job = self.ack == "after-job"
         try:
-            ids = await self.dispatcher.accept(envelope, records)
+            accepted = await self.dispatcher.accept(envelope, records, track=after_job)
         except Backpressure as e:
             return 503, {"error": "too many pending records", "detail": str(e)}, {"Retry-After": "20"}
         log.debug(
@@ -203,11 +204,12 @@ class SNSEndpoint:
             topic=envelope.topic_arn,
             jobs=len(records),
         )
-        if self.ack != "after-job":
+        if not after_job:
             status = "spooled" if self.breaker.active else "accepted"
             return 200, {"status": status, "jobs": len(records)}, {}
         try:
-            all_ok = await self.dispatcher.when_done(ids).addTimeout(AFTER_JOB_WAIT, self.clock)
+            _, done = accepted
+            all_ok = await done.addTimeout(AFTER_JOB_WAIT, self.clock)
         except DeferredTimeout:
             return 503, {"error": "jobs still running", "jobs": len(records)}, {"Retry-After": "10"}
         if not all_ok:

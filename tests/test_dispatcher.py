@@ -75,6 +75,12 @@ class Harness:
         env = envelope(message_id, keys)
         return await self.dispatcher.accept(env, records_of(env))
 
+    async def track(self, message_id, *keys):
+        """Submit; returns a Deferred firing True when all its jobs succeeded."""
+        env = envelope(message_id, keys)
+        _, done = await self.dispatcher.accept(env, records_of(env), track=True)
+        return done
+
     def results(self):
         return [json.loads(line) for line in self.results_path.read_text().splitlines()]
 
@@ -104,14 +110,12 @@ async def test_never_more_than_workers_jobs_at_once(tmp_path):
 
     h = Harness(tmp_path, job, workers=3)
     await h.start()
-    ids = []
-    for i in range(10):
-        ids += await h.submit(f"m-{i}", f"k{i}")
+    done = [await h.track(f"m-{i}", f"k{i}") for i in range(10)]
     await saturated
-    assert h.dispatcher.running == 3
+    assert h.dispatcher.jobs_running == 3
     assert h.dispatcher.pending == 7
     release.set()
-    assert await h.dispatcher.when_done(ids) is True
+    assert all(await defer.gatherResults(done))
     assert state["max"] == 3
     lines = h.results()
     assert sorted(line["key"] for line in lines) == sorted(f"k{i}" for i in range(10))
@@ -130,8 +134,7 @@ async def test_job_errors_are_recorded_as_results_and_dead_letters_and_trip_the_
 
     h = Harness(tmp_path, job, workers=1, max_failures=2)
     await h.start()
-    ids = await h.submit("m-1", "a", "b")
-    assert await h.dispatcher.when_done(ids) is False
+    assert await (await h.track("m-1", "a", "b")) is False
     lines = h.results()
     assert [(line["status"], line["error_kind"], line["error"]) for line in lines] == [
         ("error", "s3_not_found", "no such key a"),
@@ -146,7 +149,7 @@ async def test_job_errors_are_recorded_as_results_and_dead_letters_and_trip_the_
 async def test_a_failed_verdict_is_a_successful_job(tmp_path):
     h = Harness(tmp_path, lambda record: {"verdict": "failed"}, workers=1, max_failures=1)
     await h.start()
-    assert await h.dispatcher.when_done(await h.submit("m-1", "a")) is True
+    assert await (await h.track("m-1", "a")) is True
     assert h.breaker.state is State.CLOSED
     await h.stop()
 
@@ -157,11 +160,11 @@ async def test_spool_mode_holds_records_while_open_and_runs_them_after(tmp_path)
     h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, workers=2)
     await h.start()
     h.breaker.force_open()
-    ids = await h.submit("m-1", "a", "b", "c")
+    done = await h.track("m-1", "a", "b", "c")
     assert await h.spool.counts() == {"records": 3, "dead_letters": 0}
     assert ran == [] and h.dispatcher.pending == 3
     h.breaker.reset()
-    assert await h.dispatcher.when_done(ids) is True
+    assert await done is True
     assert sorted(ran) == ["a", "b", "c"]
     await h.stop()
 
@@ -173,9 +176,9 @@ async def test_half_open_runs_one_trial_then_the_rest(tmp_path):
     await h.start()
     h.breaker.failed(h.breaker.acquire())
     assert h.breaker.state is State.OPEN
-    ids = await h.submit("m-1", "a", "b", "c")
+    done = await h.track("m-1", "a", "b", "c")
     h.clock.advance(10)  # half-open: one trial, which succeeds and closes the breaker
-    assert await h.dispatcher.when_done(ids) is True
+    assert await done is True
     assert h.breaker.state is State.CLOSED
     assert ran[0] == "a" and sorted(ran) == ["a", "b", "c"]
     await h.stop()
@@ -186,8 +189,7 @@ async def test_skip_mode_dead_letters_spooled_records_while_open(tmp_path):
     h = Harness(tmp_path, lambda record: {}, workers=1, mode="skip")
     await h.start()
     h.breaker.force_open()
-    ids = await h.submit("m-1", "a", "b")
-    assert await h.dispatcher.when_done(ids) is False
+    assert await (await h.track("m-1", "a", "b")) is False
     assert await h.spool.counts() == {"records": 0, "dead_letters": 2}
     await h.stop()
 

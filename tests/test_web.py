@@ -1,0 +1,303 @@
+"""The HTTP surface, in memory: StubTreq against the Klein resource, real trust checks with a
+real RSA key, a real (in-memory) spool, and a fake clock."""
+
+import base64
+import json
+
+import pytest
+
+from tests.trust_helpers import TOPIC, notification, signed, subscription_confirmation
+from tests.web_harness import CONFIRMED_ARN, Snsd, s3_message
+
+
+@pytest.fixture
+def snsd(tmp_path):
+    return Snsd(tmp_path)
+
+
+def signed_notification(*keys, **kwargs):
+    return signed(notification(s3_message(*keys), **kwargs))
+
+
+def test_a_signed_notification_is_spooled_run_and_recorded(snsd):
+    status, body, _ = snsd.post(signed_notification("a.csv", "b.csv"))
+    assert (status, body) == (200, {"status": "accepted", "jobs": 2})
+    assert [r.key for r in snsd.jobs_seen] == ["a.csv", "b.csv"]
+    assert [line["status"] for line in snsd.results()] == ["ok", "ok"]
+    assert snsd.counts() == {"records": 0, "dead_letters": 0}
+
+
+def test_text_plain_content_type_is_accepted_and_no_json_type_required(snsd):
+    status, _, _ = snsd.post(signed_notification("a.csv"), headers={"Content-Type": "text/plain; charset=UTF-8"})
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    "encoded,key",
+    [("a+b.csv", "a b.csv"), ("a%20b.csv", "a b.csv"), ("a%2Bb.csv", "a+b.csv"), ("%C3%A9t%C3%A9.csv", "été.csv")],
+)
+def test_keys_are_decoded_before_the_job_sees_them(snsd, encoded, key):
+    snsd.post(signed_notification(encoded))
+    assert snsd.jobs_seen[-1].key == key
+
+
+def test_the_certificate_is_fetched_once_for_many_messages(snsd):
+    for i in range(5):
+        assert snsd.post(signed_notification(f"k{i}"))[0] == 200
+    cert_fetches = [r for r in snsd.aws.requests if r.endswith(".pem")]
+    assert len(cert_fetches) == 1
+
+
+def test_test_event_is_acknowledged_and_ignored(snsd):
+    message = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "incoming"})
+    status, body, _ = snsd.post(signed(notification(message)))
+    assert (status, body["status"]) == (200, "ignored")
+    assert snsd.jobs_seen == []
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["plain text", json.dumps({"Records": [{"eventVersion": "2.1", "eventName": "ObjectRemoved:Delete", "s3": {}}]})],
+)
+def test_other_messages_are_ignored(snsd, message):
+    status, body, _ = snsd.post(signed(notification(message)))
+    assert (status, body["status"]) == (200, "ignored")
+    assert snsd.jobs_seen == []
+
+
+@pytest.mark.parametrize(
+    "body,reason",
+    [
+        (b"this is not json", "body is not JSON"),
+        ({"MessageId": "x"}, "missing field: Type"),
+        ({"Type": "Notification", "MessageId": "x"}, "missing field: TopicArn"),
+        ({"Type": "Chatter", "MessageId": "x"}, "unknown Type: Chatter"),
+    ],
+)
+def test_bad_input_is_400_with_a_reason(snsd, body, reason):
+    status, answer, _ = snsd.post(body)
+    assert status == 400
+    assert answer == {"error": reason}
+
+
+def test_a_type_header_contradicting_the_body_is_400(snsd):
+    status, answer, _ = snsd.post(
+        signed_notification("a"), headers={"x-amz-sns-message-type": "SubscriptionConfirmation"}
+    )
+    assert status == 400 and "header" in answer["error"]
+    assert snsd.jobs_seen == []
+
+
+def test_other_methods_on_root_are_405(snsd):
+    for method in ("GET", "PUT", "DELETE"):
+        assert snsd.request(method, "/")[0] == 405
+
+
+def test_unknown_paths_are_404_json(snsd):
+    status, body, _ = snsd.request("GET", "/nope")
+    assert status == 404 and body == {"error": "not found"}
+
+
+def test_bodies_over_the_limit_are_413(tmp_path):
+    snsd = Snsd(tmp_path, max_body=2048)
+    fields = signed_notification("a.csv")
+    fields["Message"] = s3_message(*[f"key-{i:04d}.csv" for i in range(40)])
+    status, body, _ = snsd.post(fields)
+    assert status == 413 and "2048" in body["error"]
+    assert snsd.jobs_seen == []
+
+
+def test_a_forged_signature_is_403_and_never_dispatched(snsd):
+    fields = signed_notification("a.csv")
+    fields["Message"] = s3_message("evil.csv")
+    status, body, _ = snsd.post(fields)
+    assert (status, body) == (403, {"error": "bad_signature"})
+    assert snsd.jobs_seen == [] and snsd.counts() == {"records": 0, "dead_letters": 0}
+
+
+def test_an_unsigned_message_is_403(snsd):
+    status, _, _ = snsd.post(notification(s3_message("a.csv")))
+    assert status == 403
+    assert snsd.jobs_seen == []
+
+
+def test_a_certificate_that_cannot_be_fetched_is_5xx_and_the_retry_is_accepted(snsd):
+    snsd.aws.routes.pop(b"/SimpleNotificationService-0123456789abcdef.pem")
+    fields = signed_notification("a.csv")
+    status, _, _ = snsd.post(fields)
+    assert 500 <= status < 600
+    assert snsd.jobs_seen == []
+    from tests.trust_helpers import certificate_pem, make_certificate, rsa_key
+
+    snsd.aws.routes[b"/SimpleNotificationService-0123456789abcdef.pem"] = (
+        200,
+        certificate_pem(make_certificate(rsa_key())),
+    )
+    assert snsd.post(fields)[0] == 200
+    assert len(snsd.jobs_seen) == 1
+
+
+def test_a_topic_not_on_the_allow_list_is_403(tmp_path):
+    snsd = Snsd(tmp_path, topics=("arn:aws:sns:*:123456789012:other-*",))
+    status, body, _ = snsd.post(signed_notification("a.csv"))
+    assert (status, body) == (403, {"error": "topic_not_allowed"})
+    assert snsd.aws.requests == []  # refused before any certificate fetch
+
+
+def test_raw_delivery_is_refused(snsd):
+    status, _, _ = snsd.post(s3_message("a.csv").encode(), headers={"x-amz-sns-rawdelivery": "true"})
+    assert status == 403
+    assert snsd.jobs_seen == []
+
+
+def test_duplicates_get_200_duplicate_and_no_new_job(snsd):
+    fields = signed_notification("a.csv")
+    assert snsd.post(fields)[1]["status"] == "accepted"
+    assert snsd.post(fields)[1] == {"status": "duplicate"}
+    assert len(snsd.jobs_seen) == 1
+
+
+def test_subscription_confirmation_gets_the_subscribe_url_and_logs_the_arn(snsd):
+    status, body, _ = snsd.post(signed(subscription_confirmation()))
+    assert (status, body) == (200, {"status": "confirmed", "subscription_arn": CONFIRMED_ARN})
+    assert any("Action=ConfirmSubscription" in r for r in snsd.aws.requests)
+
+
+def test_a_subscribe_url_on_an_untrusted_host_is_never_requested(snsd):
+    url = f"https://evil.example/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=t"
+    status, _, _ = snsd.post(signed(subscription_confirmation(subscribe_url=url)))
+    assert status == 403
+    assert not any("Action=ConfirmSubscription" in r for r in snsd.aws.requests)
+
+
+def test_a_failed_confirmation_is_5xx_so_sns_sends_it_again(snsd):
+    snsd.aws.routes[b"/"] = (500, b"<Error/>")
+    status, _, _ = snsd.post(signed(subscription_confirmation()))
+    assert 500 <= status < 600
+
+
+def test_unsubscribe_confirmation_is_logged_and_not_followed(snsd):
+    fields = signed(subscription_confirmation(message_type="UnsubscribeConfirmation"))
+    status, body, _ = snsd.post(fields)
+    assert (status, body) == (200, {"status": "ok"})
+    assert not any("Action=ConfirmSubscription" in r for r in snsd.aws.requests)
+
+
+def failing_job(record):
+    raise FileNotFoundError(f"no such key {record.key}")
+
+
+def open_breaker(snsd):
+    for i in range(2):
+        snsd.post(signed_notification(f"missing-{i}.csv"))
+    assert snsd.breaker.snapshot()["state"] == "open"
+
+
+def test_breaker_skip_mode_answers_skipped_and_keeps_dead_letters(tmp_path):
+    snsd = Snsd(tmp_path, failing_job, breaker_mode="skip")
+    open_breaker(snsd)
+    status, body, _ = snsd.post(signed_notification("later.csv"))
+    assert (status, body) == (200, {"status": "skipped", "jobs": 1})
+    assert snsd.counts() == {"records": 0, "dead_letters": 3}
+
+
+def test_breaker_reject_mode_answers_503_with_retry_after(tmp_path):
+    snsd = Snsd(tmp_path, failing_job, breaker_mode="reject")
+    open_breaker(snsd)
+    snsd.clock.advance(10)
+    fields = signed_notification("later.csv")
+    status, _, headers = snsd.post(fields)
+    assert status == 503
+    assert headers.getRawHeaders("Retry-After") == ["20"]
+    snsd.breaker.reset()
+    assert snsd.post(fields)[0] == 200  # the retry is not taken for a duplicate
+
+
+def test_breaker_spool_mode_answers_spooled_and_keeps_the_record(tmp_path):
+    snsd = Snsd(tmp_path, failing_job, breaker_mode="spool")
+    open_breaker(snsd)
+    status, body, _ = snsd.post(signed_notification("later.csv"))
+    assert (status, body) == (200, {"status": "spooled", "jobs": 1})
+    assert snsd.counts()["records"] == 1
+
+
+def test_backpressure_503_past_max_pending(tmp_path):
+    snsd = Snsd(tmp_path, breaker_mode="spool", max_pending=2)
+    snsd.breaker.force_open()
+    assert snsd.post(signed_notification("a", "b"))[0] == 200
+    status, _, headers = snsd.post(signed_notification("c"))
+    assert status == 503 and headers.getRawHeaders("Retry-After")
+    assert snsd.counts()["records"] == 2
+
+
+def test_breaker_admin_endpoints(tmp_path):
+    snsd = Snsd(tmp_path, failing_job)
+    status, body, _ = snsd.request("GET", "/breaker")
+    assert status == 200
+    assert body == {
+        "state": "closed",
+        "active": False,
+        "forced": False,
+        "consecutive_failures": 0,
+        "last_failure_time": None,
+        "cooldown_remaining": 0.0,
+        "cooldown": 30,
+    }
+    open_breaker(snsd)
+    body = snsd.request("GET", "/breaker")[1]
+    assert body["state"] == "open" and body["active"] is True and body["consecutive_failures"] == 2
+    assert body["last_failure_time"] == "2025-06-01T12:00:00.000Z" and body["cooldown_remaining"] == 30
+    assert snsd.request("POST", "/breaker/reset")[1]["state"] == "closed"
+    assert snsd.request("POST", "/breaker/open")[1]["state"] == "open"
+    assert snsd.request("GET", "/breaker/reset")[1]["state"] == "closed"
+
+
+def test_health_and_readiness(snsd):
+    assert snsd.request("GET", "/healthz") == (200, {"status": "alive"}, snsd.request("GET", "/healthz")[2])
+    status, body, _ = snsd.request("GET", "/readyz")
+    assert status == 200 and body["status"] == "ready"
+    snsd.endpoint.draining = True
+    assert snsd.request("GET", "/readyz")[0] == 503
+
+
+def test_while_draining_new_posts_get_503(snsd):
+    snsd.endpoint.draining = True
+    status, _, headers = snsd.post(signed_notification("a.csv"))
+    assert status == 503 and headers.getRawHeaders("Retry-After")
+    assert snsd.jobs_seen == []
+
+
+def test_basic_auth_when_configured(tmp_path):
+    snsd = Snsd(tmp_path, basic_auth="sns:s3cret")
+    status, _, headers = snsd.post(signed_notification("a.csv"))
+    assert status == 401 and headers.getRawHeaders("WWW-Authenticate") == ['Basic realm="snsd"']
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"sns:wrong").decode()}
+    assert snsd.post(signed_notification("a.csv"), headers=wrong)[0] == 401
+    right = {"Authorization": "Basic " + base64.b64encode(b"sns:s3cret").decode()}
+    assert snsd.post(signed_notification("a.csv"), headers=right)[0] == 200
+    assert snsd.request("GET", "/breaker")[0] == 401
+    assert snsd.request("GET", "/breaker", headers=right)[0] == 200
+
+
+def test_basic_auth_off_needs_no_credentials(snsd):
+    assert snsd.post(signed_notification("a.csv"))[0] == 200
+
+
+def test_ack_after_job_answers_200_when_jobs_succeed_and_500_when_one_fails(tmp_path):
+    def job(record):
+        if "bad" in record.key:
+            raise ValueError("unreadable")
+        return {}
+
+    snsd = Snsd(tmp_path, job, ack="after-job", max_failures=10)
+    assert snsd.post(signed_notification("good.csv"))[1] == {"status": "done", "jobs": 1}
+    fields = signed_notification("good2.csv", "bad.csv")
+    assert snsd.post(fields)[0] == 500
+    assert snsd.counts()["dead_letters"] == 1
+
+
+def test_metrics_are_served(snsd):
+    snsd.post(signed_notification("a.csv"))
+    status, body, _ = snsd.request("GET", "/metrics")
+    assert status == 200
+    assert b'snsd_requests_total{status="200",type="Notification"}' in body
