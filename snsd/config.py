@@ -236,9 +236,14 @@ class SNSDOptions(usage.Options):
             raise usage.UsageError("--basic-auth must be USER:PASS")
         if s["breaker-max-cooldown"] is not None and s["breaker-max-cooldown"] < s["breaker-cooldown"]:
             raise usage.UsageError("--breaker-max-cooldown must be at least --breaker-cooldown")
-        for host in s["trusted-host"]:
-            if "/" in host or "@" in host or not host.strip(":"):
-                raise usage.UsageError(f"--trusted-host must be host[:port], not {host!r}")
+        from snsd.trust.hosts import HostTrust
+        from snsd.trust.topics import TopicAllowList
+
+        for flag, check in (("trusted-host", HostTrust), ("topic-arn", TopicAllowList)):
+            try:
+                check(s[flag])
+            except ValueError as e:
+                raise usage.UsageError(f"--{flag}: {e}") from None
         s["job"] = load_job(s["job"], s["rules"])
 
 

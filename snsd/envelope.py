@@ -93,3 +93,36 @@ def parse_envelope(body: bytes, type_header: str | None = None) -> SNSEnvelope:
         fields=fields,
         raw=body,
     )
+
+
+def raw_delivery_envelope(body: bytes, message_id: str | None, topic_arn: str | None) -> SNSEnvelope:
+    """An envelope for a raw message delivery: the body is the message itself, unsigned.
+
+    Its MessageId and TopicArn come from the ``x-amz-sns-message-id`` and
+    ``x-amz-sns-topic-arn`` headers, which nothing vouches for.
+    """
+    if not message_id:
+        raise BadEnvelope("missing header: x-amz-sns-message-id")
+    if not topic_arn:
+        raise BadEnvelope("missing header: x-amz-sns-topic-arn")
+    try:
+        message = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadEnvelope("body is not UTF-8") from None
+    fields = {"Type": NOTIFICATION, "MessageId": message_id, "TopicArn": topic_arn, "Message": message}
+    return SNSEnvelope(
+        type=NOTIFICATION,
+        message_id=message_id,
+        topic_arn=topic_arn,
+        message=message,
+        timestamp="",
+        subject=None,
+        signature_version=None,
+        signature=None,
+        signing_cert_url=None,
+        subscribe_url=None,
+        token=None,
+        unsubscribe_url=None,
+        fields=fields,
+        raw=json.dumps(fields).encode("utf-8"),
+    )

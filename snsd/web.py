@@ -29,8 +29,10 @@ from snsd.envelope import (
     BadEnvelope,
     SNSEnvelope,
     parse_envelope,
+    raw_delivery_envelope,
 )
 from snsd.records import parse_s3_message
+from snsd.trust.errors import TrustError
 
 log = Logger()
 
@@ -100,13 +102,14 @@ class SNSEndpoint:
                 raise Refused(503, "shutting down", {"Retry-After": "5"})
             body = self._read_body(request)
             if (request.getHeader("x-amz-sns-rawdelivery") or "").lower() == "true":
-                raise Refused(403, "raw message delivery is not accepted: it cannot be verified")
-            try:
-                envelope = parse_envelope(body, request.getHeader("x-amz-sns-message-type"))
-            except BadEnvelope as e:
-                raise Refused(400, str(e)) from None
-            message_type = envelope.type
-            status, answer, headers = await self._handle(envelope)
+                status, answer, headers = await self._raw_delivery(request, body)
+            else:
+                try:
+                    envelope = parse_envelope(body, request.getHeader("x-amz-sns-message-type"))
+                except BadEnvelope as e:
+                    raise Refused(400, str(e)) from None
+                message_type = envelope.type
+                status, answer, headers = await self._handle(envelope)
         except Refused as refused:
             status, answer, headers = refused.status, refused.body, refused.headers
             log.info(
@@ -123,11 +126,30 @@ class SNSEndpoint:
     async def _handle(self, envelope: SNSEnvelope):
         try:
             await self.verifier.verify(envelope)
-        except Exception as e:
-            status = getattr(e, "status", None)
-            if status is None:
-                raise
-            raise Refused(status, getattr(e, "reason", str(e)), body={"error": getattr(e, "reason", str(e))}) from None
+        except TrustError as e:
+            raise Refused(e.status, e.reason) from None
+        return await self._accept_once(envelope)
+
+    async def _raw_delivery(self, request, body: bytes):
+        if not self.allow_raw_delivery:
+            raise Refused(403, "raw message delivery is not accepted: it cannot be verified")
+        try:
+            envelope = raw_delivery_envelope(
+                body, request.getHeader("x-amz-sns-message-id"), request.getHeader("x-amz-sns-topic-arn")
+            )
+        except BadEnvelope as e:
+            raise Refused(400, str(e)) from None
+        if not self.verifier.allows_topic(envelope.topic_arn):
+            raise Refused(403, "topic_not_allowed")
+        log.warn(
+            "raw delivery {message_id} from {topic} accepted UNVERIFIED (--allow-raw-delivery)",
+            message_id=envelope.message_id,
+            topic=envelope.topic_arn,
+        )
+        return await self._accept_once(envelope)
+
+    async def _accept_once(self, envelope: SNSEnvelope):
+        """Duplicate check and dispatch of a trusted (or knowingly untrusted) envelope."""
         if not self.dedup.reserve(envelope.message_id):
             metrics.DUPLICATES.inc()
             log.info("duplicate {message_id} from {topic}", message_id=envelope.message_id, topic=envelope.topic_arn)
@@ -166,11 +188,8 @@ class SNSEndpoint:
     async def _confirm(self, envelope: SNSEnvelope):
         try:
             subscription_arn = await self.confirmer.confirm(envelope)
-        except Exception as e:
-            status = getattr(e, "status", None)
-            if status is None:
-                raise
-            raise Refused(status, getattr(e, "reason", str(e))) from None
+        except TrustError as e:
+            raise Refused(e.status, e.reason) from None
         log.info(
             "confirmed subscription {subscription_arn} to {topic}",
             subscription_arn=subscription_arn,

@@ -80,6 +80,8 @@ def test_no_verify_signatures_flag_and_env():
         (["--ack", "never"], "--ack"),
         (["--max-age", "7200"], "--dedup-ttl"),
         (["--basic-auth", "nocolon"], "--basic-auth"),
+        (["--trusted-host", "http://evil/x"], "--trusted-host"),
+        (["--topic-arn", "not-an-arn"], "--topic-arn"),
     ],
 )
 def test_bad_values_are_one_line_usage_errors_naming_the_option(args, names):

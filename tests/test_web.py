@@ -150,6 +150,19 @@ def test_raw_delivery_is_refused(snsd):
     assert snsd.jobs_seen == []
 
 
+def test_raw_delivery_is_accepted_only_when_allowed_and_from_an_allowed_topic(tmp_path):
+    snsd = Snsd(tmp_path, allow_raw_delivery=True, topics=(TOPIC,))
+    headers = {"x-amz-sns-rawdelivery": "true", "x-amz-sns-message-id": "raw-1", "x-amz-sns-topic-arn": TOPIC}
+    status, body, _ = snsd.post(s3_message("raw.csv").encode(), headers=headers)
+    assert (status, body) == (200, {"status": "accepted", "jobs": 1})
+    assert snsd.jobs_seen[0].key == "raw.csv" and snsd.jobs_seen[0].message_id == "raw-1"
+    other = {**headers, "x-amz-sns-message-id": "raw-2", "x-amz-sns-topic-arn": TOPIC + "-other"}
+    assert snsd.post(s3_message("x.csv").encode(), headers=other)[0] == 403
+    no_id = {k: v for k, v in headers.items() if k != "x-amz-sns-message-id"}
+    assert snsd.post(s3_message("y.csv").encode(), headers=no_id)[0] == 400
+    assert len(snsd.jobs_seen) == 1
+
+
 def test_duplicates_get_200_duplicate_and_no_new_job(snsd):
     fields = signed_notification("a.csv")
     assert snsd.post(fields)[1]["status"] == "accepted"

@@ -75,6 +75,7 @@ class Snsd:
         ack="spooled",
         basic_auth=None,
         verify_signatures=True,
+        allow_raw_delivery=False,
         max_body=1024 * 1024,
         max_failures=2,
     ):
@@ -129,6 +130,7 @@ class Snsd:
             breaker_mode=breaker_mode,
             ack=ack,
             basic_auth=basic_auth,
+            allow_raw_delivery=allow_raw_delivery,
             max_body=max_body,
         )
         self.client = StubTreq(self.endpoint.resource())

@@ -57,6 +57,10 @@ class MessageVerifier:
         self.max_age = max_age
         self.verify_signatures = verify_signatures
 
+    def allows_topic(self, topic_arn: str) -> bool:
+        """The topic allow-list alone (for raw deliveries, which carry nothing else to check)."""
+        return self._topics.allows(topic_arn)
+
     def precheck(self, envelope: SNSEnvelope) -> None:
         """The cheap, network-free checks; raise :class:`TrustError` on the first failure."""
         try:
