@@ -119,3 +119,15 @@ def test_help_documents_every_option_and_its_variable():
     ]:
         assert flag in text
         assert env in text
+
+
+def test_readme_documents_every_option_and_variable():
+    from pathlib import Path
+
+    from snsd.config import SETTINGS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for setting in SETTINGS:
+        flag = "--no-verify-signatures" if setting.flag == "verify-signatures" else f"--{setting.flag}"
+        assert f"`{flag}`" in readme, flag
+        assert setting.env in readme, setting.env
