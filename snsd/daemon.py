@@ -20,6 +20,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from snsd.breaker import CircuitBreaker
@@ -36,6 +37,9 @@ from snsd.trust.verifier import MessageVerifier
 from snsd.web import SNSEndpoint, make_site
 
 log = Logger()
+
+# How often accepted MessageIds older than --dedup-ttl are forgotten by the spool.
+PRUNE_INTERVAL = 300.0
 
 
 class SNSDaemon(MultiService):
@@ -55,6 +59,7 @@ class SNSDaemon(MultiService):
     ):
         super().__init__()
         self._reactor = reactor
+        self._pruning: LoopingCall | None = None
         self.endpoint = endpoint
         self.dispatcher = dispatcher
         self.spool = spool
@@ -85,6 +90,9 @@ class SNSDaemon(MultiService):
         for message_id, accepted_at in recovery.recent_message_ids:
             self.dedup.remember(message_id, accepted_at)
         self.dispatcher.start(recovery)
+        self._pruning = LoopingCall(self.spool.prune, self.settings["dedup-ttl"])
+        self._pruning.clock = self._reactor
+        self._pruning.start(PRUNE_INTERVAL, now=False).addErrback(lambda f: log.failure("pruning the spool failed", f))
         log.info("ready: {pending} records pending in {spool}", pending=recovery.pending, spool=self.spool.path)
 
     def stopService(self):
@@ -94,6 +102,8 @@ class SNSDaemon(MultiService):
     def _stop(self):
         timeout = self.settings["drain-timeout"]
         self.endpoint.draining = True
+        if self._pruning is not None and self._pruning.running:
+            self._pruning.stop()
         log.info(
             "draining: waiting up to {timeout}s for {running} running jobs; {pending} pending stay spooled",
             timeout=timeout,

@@ -277,6 +277,22 @@ class SQLiteSpool:
 
         return self._submit(move)
 
+    def prune(self, ttl: float) -> Deferred:
+        """Forget messages accepted more than ``ttl`` seconds ago whose records are all done.
+
+        Fires with the number of messages forgotten; keeps the table (and its envelopes)
+        from growing for as long as the daemon runs.
+        """
+        since = self._clock.seconds() - ttl
+
+        def prune(conn):
+            return conn.execute(
+                "DELETE FROM messages WHERE accepted_at < ? AND message_id NOT IN (SELECT message_id FROM records)",
+                (since,),
+            ).rowcount
+
+        return self._submit(prune)
+
     def counts(self) -> Deferred:
         def counts(conn):
             (records,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()

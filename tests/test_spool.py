@@ -126,3 +126,18 @@ async def test_the_database_is_in_wal_mode(path):
     spool, _ = await opened(path)
     await spool.close()
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest_twisted.ensureDeferred
+async def test_prune_forgets_old_finished_messages_only(path):
+    clock = Clock()
+    spool, _ = await opened(path, clock)
+    (done_id,) = await spool.add(envelope("done"), records("a", message_id="done"))
+    await spool.add(envelope("waiting"), records("b", message_id="waiting"))
+    await spool.complete(done_id)
+    clock.advance(4000)
+    await spool.remember(envelope("recent"))
+    assert await spool.prune(3600) == 1  # "done"; "waiting" still has a record, "recent" is recent
+    await spool.close()
+    rows = sqlite3.connect(path).execute("SELECT message_id FROM messages ORDER BY message_id").fetchall()
+    assert rows == [("recent",), ("waiting",)]
