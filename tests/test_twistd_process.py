@@ -67,3 +67,21 @@ def test_sigterm_exits_zero_and_says_it_stopped(tmp_path):
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
     assert "stopped" in daemon.output()
+
+
+def test_a_declared_oversized_body_is_refused_before_it_is_sent(tmp_path):
+    import socket
+
+    daemon = Daemon(tmp_path, "--no-verify-signatures", "--job", "snsd_test_jobs:echo", "--max-body", "4096").start()
+    try:
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+            # Declare 50 MB and send none of it: the answer must come anyway, so nothing was buffered.
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 50000000\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert b'"error": "body larger than 4096 bytes"' in answer
+        assert daemon.get("/healthz")[0] == 200
+    finally:
+        assert daemon.stop() == 0

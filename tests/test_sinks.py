@@ -1,0 +1,42 @@
+"""Result sinks: whole JSON lines under concurrency, and results written to real S3 (LocalStack)."""
+
+import json
+import threading
+
+import boto3
+import pytest
+
+from snsd.sinks import JSONLinesSink, S3ResultSink
+from tests.localstack_fixtures import aws_env, localstack_url  # noqa: F401 - fixtures
+
+
+def test_jsonl_lines_are_whole_under_concurrency(tmp_path):
+    sink = JSONLinesSink(str(tmp_path / "results.jsonl"))
+    big = "x" * 20_000  # larger than a pipe buffer, so an unlocked write could interleave
+
+    def write(n):
+        for i in range(50):
+            sink.write({"writer": n, "i": i, "padding": big})
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sink.close()
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 400
+    assert sorted((line["writer"], line["i"]) for line in lines) == [(n, i) for n in range(8) for i in range(50)]
+
+
+@pytest.mark.localstack
+def test_s3_sink_writes_each_result_under_the_prefix(aws_env, monkeypatch):  # noqa: F811
+    for name, value in aws_env.items():
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="dq-results-test")
+    sink = S3ResultSink("dq-results-test", "dq-results/")
+    line = {"bucket": "incoming", "key": "dir/a b+été.csv", "status": "ok", "result": {"verdict": "passed"}}
+    sink.write(line)
+    body = s3.get_object(Bucket="dq-results-test", Key="dq-results/incoming/dir/a b+été.csv.dq.json")["Body"].read()
+    assert json.loads(body) == line
