@@ -76,6 +76,11 @@ class CircuitBreaker(Service):
         """True when jobs may not run freely (open, forced open, or probing)."""
         return self.state is not State.CLOSED
 
+    @property
+    def is_open(self) -> bool:
+        """Open (by failures or by hand): no job may start, not even a trial."""
+        return self.state in (State.OPEN, State.FORCED_OPEN)
+
     def cooldown_remaining(self) -> float:
         if self.state is State.FORCED_OPEN:
             return float(self._cooldown)

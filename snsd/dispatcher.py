@@ -166,7 +166,7 @@ class Dispatcher(Service):
                 break
             permits.append(permit)
         if not permits:
-            if self.breaker_mode == SKIP and self.breaker.state in (State.OPEN, State.FORCED_OPEN):
+            if self.breaker_mode == SKIP and self.breaker.is_open:
                 self._claim(free, permits=None)
             return
         self._claim(len(permits), permits)

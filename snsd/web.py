@@ -100,6 +100,8 @@ class SNSEndpoint:
             self._check_auth(request)
             if self.draining:
                 raise Refused(503, "shutting down", {"Retry-After": "5"})
+            if not self.dispatcher.ready:
+                raise Refused(503, "starting: the spool is not open yet", {"Retry-After": "5"})
             body = self._read_body(request)
             if (request.getHeader("x-amz-sns-rawdelivery") or "").lower() == "true":
                 status, answer, headers = await self._raw_delivery(request, body)
@@ -199,7 +201,7 @@ class SNSEndpoint:
         return 200, {"status": "confirmed", "subscription_arn": subscription_arn}, {}
 
     async def _submit(self, envelope: SNSEnvelope, records):
-        if self.breaker.active and not self.breaker.state.value == "half_open":
+        if self.breaker.is_open:
             if self.breaker_mode == SKIP:
                 await self.dispatcher.skip(envelope, records)
                 log.info(

@@ -314,3 +314,10 @@ def test_metrics_are_served(snsd):
     status, body, _ = snsd.request("GET", "/metrics")
     assert status == 200
     assert b'snsd_requests_total{status="200",type="Notification"}' in body
+
+
+def test_posts_before_the_spool_is_open_get_503(snsd):
+    snsd.dispatcher.ready = False
+    status, body, headers = snsd.post(signed_notification("a.csv"))
+    assert status == 503 and "spool" in body["error"] and headers.getRawHeaders("Retry-After")
+    assert snsd.jobs_seen == []
