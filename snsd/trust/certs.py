@@ -19,7 +19,6 @@ import re
 from collections import OrderedDict
 from datetime import UTC, datetime
 
-import treq
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -29,6 +28,7 @@ from twisted.python.failure import Failure
 
 from snsd import metrics
 from snsd.trust.errors import TrustError
+from snsd.trust.fetch import FetchFailed, get_bounded
 from snsd.trust.hosts import HostTrust
 
 log = Logger()
@@ -41,10 +41,6 @@ _SNS_COMMON_NAME = re.compile(
 # A certificate minted moments ago by an emulator on a machine whose clock is a little ahead
 # must not be "not yet valid".
 _NOT_BEFORE_SKEW = 300.0
-
-
-class _FetchFailed(Exception):
-    pass
 
 
 def check_certificate(certificate: x509.Certificate, now: float, require_sns_cn: bool) -> None:
@@ -114,36 +110,17 @@ class CertificateStore:
             return waiter
         metrics.CERT_CACHE.labels(result="miss").inc()
         self._waiting[url] = [waiter]
-        download = ensureDeferred(self._download(url))
+        download = ensureDeferred(get_bounded(self._http, url, self.max_bytes, "certificate"))
         download.addTimeout(self.timeout, self._clock)
         download.addCallback(self._check_and_cache, url)
         download.addBoth(self._deliver, url)
         return waiter
 
-    async def _download(self, url: str) -> bytes:
-        response = await self._http.get(url, allow_redirects=False, unbuffered=True)
-        size = 0
-        chunks: list[bytes] = []
-
-        def collect(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > self.max_bytes:
-                raise _FetchFailed(f"certificate is larger than {self.max_bytes} bytes")
-            chunks.append(data)
-
-        # Read (at most max_bytes of) the body even on an error status, so the connection is
-        # either reused or closed rather than left holding an unread body.
-        await treq.collect(response, collect)
-        if response.code != 200:
-            raise _FetchFailed(f"HTTP {response.code}")
-        return b"".join(chunks)
-
     def _check_and_cache(self, body: bytes, url: str) -> x509.Certificate:
         try:
             certificate = x509.load_pem_x509_certificate(body)
         except ValueError:
-            raise _FetchFailed("body is not a PEM certificate") from None
+            raise FetchFailed("body is not a PEM certificate") from None
         now = self._clock.seconds()
         check_certificate(certificate, now, require_sns_cn=not self._host_trust.is_trusted_host(url))
         expires_at = min(now + self.max_ttl, certificate.not_valid_after_utc.timestamp())

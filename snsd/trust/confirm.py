@@ -15,7 +15,6 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
 
-import treq
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -23,13 +22,10 @@ from twisted.logger import Logger
 from snsd import metrics
 from snsd.envelope import SUBSCRIPTION_CONFIRMATION, SNSEnvelope
 from snsd.trust.errors import TrustError
+from snsd.trust.fetch import get_bounded
 from snsd.trust.hosts import HostTrust
 
 log = Logger()
-
-
-class _BadAnswer(Exception):
-    pass
 
 
 def _local_name(tag: str) -> str:
@@ -91,7 +87,7 @@ class SubscriptionConfirmer:
                 detail=e.detail,
             )
             return fail(e)
-        d = ensureDeferred(self._request(url))
+        d = ensureDeferred(get_bounded(self._http, url, self.max_bytes))
         d.addTimeout(self.timeout, self._clock)
         d.addCallbacks(self._confirmed, self._failed, callbackArgs=(envelope,), errbackArgs=(envelope,))
         return d
@@ -109,24 +105,6 @@ class SubscriptionConfirmer:
         if "Token" in query and _single(query, "Token") != envelope.token:
             raise TrustError(403, "subscribe_url_mismatch", "Token differs from the signed one")
         return url
-
-    async def _request(self, url: str) -> bytes:
-        # No redirects: a redirect could send the request off the trusted host.
-        response = await self._http.get(url, allow_redirects=False, unbuffered=True)
-        size = 0
-        chunks: list[bytes] = []
-
-        def collect(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > self.max_bytes:
-                raise _BadAnswer(f"answer is larger than {self.max_bytes} bytes")
-            chunks.append(data)
-
-        await treq.collect(response, collect)
-        if response.code != 200:
-            raise _BadAnswer(f"HTTP {response.code}")
-        return b"".join(chunks)
 
     def _confirmed(self, body: bytes, envelope: SNSEnvelope) -> str:
         try:
