@@ -207,23 +207,29 @@ async def test_backpressure_refuses_past_max_pending_and_records_nothing(tmp_pat
     await h.stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_drain_waits_for_running_jobs_and_leaves_pending_spooled(tmp_path):
-    release = threading.Event()
-    started = defer.Deferred()
+class BlockingJob:
+    """A job that signals when it starts and then waits to be released."""
 
-    def job(record):
-        reactor.callFromThread(lambda: started.called or started.callback(None))
-        release.wait(10)
+    def __init__(self):
+        self.started = defer.Deferred()
+        self.release = threading.Event()
+
+    def __call__(self, record):
+        reactor.callFromThread(lambda: self.started.called or self.started.callback(None))
+        self.release.wait(10)
         return {}
 
+
+@pytest_twisted.ensureDeferred
+async def test_drain_waits_for_running_jobs_and_leaves_pending_spooled(tmp_path):
+    job = BlockingJob()
     h = Harness(tmp_path, job, workers=1)
     await h.start()
     await h.submit("m-1", "a", "b")
-    await started
+    await job.started
     draining = h.dispatcher.drain(30)
     assert not draining.called
-    release.set()
+    job.release.set()
     assert await draining is True
     assert await h.spool.counts() == {"records": 1, "dead_letters": 0}
     await h.stop()
@@ -231,20 +237,13 @@ async def test_drain_waits_for_running_jobs_and_leaves_pending_spooled(tmp_path)
 
 @pytest_twisted.ensureDeferred
 async def test_drain_gives_up_at_the_timeout(tmp_path):
-    release = threading.Event()
-    started = defer.Deferred()
-
-    def job(record):
-        reactor.callFromThread(lambda: started.called or started.callback(None))
-        release.wait(10)
-        return {}
-
+    job = BlockingJob()
     h = Harness(tmp_path, job, workers=1)
     await h.start()
     await h.submit("m-1", "a")
-    await started
+    await job.started
     draining = h.dispatcher.drain(5)
     h.clock.advance(5)
     assert await draining is False
-    release.set()
+    job.release.set()
     await h.stop()
