@@ -17,14 +17,14 @@ DEFAULT_CONFIG = Config(connect_timeout=5, read_timeout=30, retries={"max_attemp
 
 
 class ThreadLocalClients:
-    def __init__(self, service: str, config: Config = DEFAULT_CONFIG):
-        self._service = service
-        self._config = config
+    """One client per thread, made by ``factory`` (default: a new session's ``service`` client)."""
+
+    def __init__(self, service: str = "s3", config: Config = DEFAULT_CONFIG, factory=None):
+        self._factory = factory or (lambda: boto3.session.Session().client(service, config=config))
         self._local = threading.local()
 
     def get(self):
         client = getattr(self._local, "client", None)
         if client is None:
-            client = boto3.session.Session().client(self._service, config=self._config)
-            self._local.client = client
+            client = self._local.client = self._factory()
         return client

@@ -7,15 +7,14 @@ and belongs in the circuit breaker's count.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
-import boto3
 import botocore.exceptions
 from botocore.config import Config
 from twisted.logger import Logger
 
+from snsd.awsclients import ThreadLocalClients
 from snsd.dq.checks import TableChecker, check_result
 from snsd.dq.formats import UnreadableError, detect_format, open_source
 from snsd.dq.profile import Profiler
@@ -49,11 +48,6 @@ class JobError(Exception):
         self.message = message
 
 
-def _default_client():
-    # A session per thread: boto3 sessions are not thread-safe, and client creation from a shared one races.
-    return boto3.session.Session().client("s3", config=S3_CONFIG)
-
-
 class _Body:
     """The StreamingBody, remembering an S3/network failure mid-stream so it is not mistaken for bad data
     after Arrow has wrapped it in its own exception."""
@@ -78,15 +72,8 @@ class DataQualityJob:
         block_size: int | None = None,
     ):
         self.rulebook = rulebook or RuleBook()
-        self._factory = s3_client_factory or _default_client
-        self._local = threading.local()
+        self._clients = ThreadLocalClients("s3", S3_CONFIG, factory=s3_client_factory)
         self.block_size = block_size
-
-    def _client(self):
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = self._factory()
-        return client
 
     def __call__(self, record: S3ObjectRecord) -> dict:
         started = time.monotonic()
@@ -147,7 +134,7 @@ class DataQualityJob:
         if record.version_id:
             kwargs["VersionId"] = record.version_id
         try:
-            return self._client().get_object(**kwargs)
+            return self._clients.get().get_object(**kwargs)
         except (botocore.exceptions.ClientError, *_CONNECTION) as e:
             raise self._s3_error(e, record) from e
 
