@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from snsd.breaker import CircuitBreaker
 from snsd.dispatcher import Dispatcher
 from snsd.pool import WorkerPool
-from snsd.sinks import JSONLinesSink, S3ResultSink
+from snsd.sinks import make_sink
 from snsd.spool import SQLiteSpool
 from snsd.trust.certs import CertificateStore
 from snsd.trust.confirm import SubscriptionConfirmer
@@ -168,10 +168,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
     )
     pool = WorkerPool(reactor, settings["workers"])
     spool = SQLiteSpool(reactor, settings["spool"])
-    if settings["dry-run"]:
-        sink = JSONLinesSink(settings["results"])
-    else:
-        sink = S3ResultSink(settings["results-bucket"], settings["results-prefix"])
+    sink = make_sink(settings)
     dispatcher = Dispatcher(
         spool,
         pool,

@@ -7,10 +7,6 @@ any size costs the same memory and a crash loses nothing that was acknowledged.
 
 from __future__ import annotations
 
-import threading
-import time
-from datetime import UTC, datetime
-
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
@@ -19,6 +15,7 @@ from snsd import metrics
 from snsd.breaker import CircuitBreaker, State
 from snsd.envelope import SNSEnvelope
 from snsd.records import S3ObjectRecord
+from snsd.results import run_job, verdict_of
 from snsd.spool import SpooledRecord
 
 log = Logger()
@@ -212,25 +209,7 @@ class Dispatcher(Service):
 
     def _run_in_thread(self, spooled: SpooledRecord) -> dict:
         """Run the job and record its result; in a worker thread."""
-        record = spooled.record
-        started = time.time()
-        line = dict(record.to_dict())
-        try:
-            result, error, error_kind, status = self.job(record), None, None, "ok"
-        except Exception as e:
-            result, error, error_kind, status = None, str(e) or type(e).__name__, _error_kind(e), "error"
-        finished = time.time()
-        line.update(
-            status=status,
-            result=result,
-            error=error,
-            error_kind=error_kind,
-            started_at=_iso(started),
-            finished_at=_iso(finished),
-            duration_ms=round((finished - started) * 1000, 3),
-            worker=threading.current_thread().name,
-            attempt=spooled.attempts,
-        )
+        line = run_job(self.job, spooled.record, spooled.attempts)
         self.sink.write(line)
         return line
 
@@ -238,7 +217,7 @@ class Dispatcher(Service):
         self.jobs_running -= 1
         metrics.JOBS_RUNNING.dec()
         metrics.JOB_DURATION.observe(line["duration_ms"] / 1000)
-        verdict = (line["result"] or {}).get("verdict", "none") if isinstance(line["result"], dict) else "none"
+        verdict = verdict_of(line)
         metrics.JOBS.labels(outcome=line["status"], verdict=verdict).inc()
         if line["status"] == "ok":
             self.breaker.succeeded(permit)
@@ -292,11 +271,3 @@ class Dispatcher(Service):
                 if not d.called:
                     d.callback(True)
         self._pump()
-
-
-def _error_kind(error: Exception) -> str:
-    return getattr(error, "kind", None) or type(error).__name__
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -56,3 +56,10 @@ class S3ResultSink:
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+
+def make_sink(settings: dict):
+    """The sink the settings ask for: the JSONL file in dry-run mode, else S3."""
+    if settings["dry-run"]:
+        return JSONLinesSink(settings["results"])
+    return S3ResultSink(settings["results-bucket"], settings["results-prefix"])
