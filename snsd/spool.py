@@ -364,11 +364,39 @@ def _fire(d: Deferred, outcome) -> None:
 # -- synchronous access for the admin command (never used inside the daemon) ---------------
 
 
-def list_dead_letters(conn: sqlite3.Connection, limit: int | None = None) -> list[DeadLetter]:
-    sql = "SELECT id, message_id, record, envelope, reason, error, failed_at, attempts FROM dead_letters ORDER BY id"
+def list_dead_letters(
+    conn: sqlite3.Connection, limit: int | None = None, reason: str | None = None, ids: list[int] | None = None
+) -> list[DeadLetter]:
+    sql = "SELECT id, message_id, record, envelope, reason, error, failed_at, attempts FROM dead_letters"
+    where, params = [], []
+    if reason is not None:
+        where.append("reason = ?")
+        params.append(reason)
+    if ids:
+        where.append(f"id IN ({', '.join('?' * len(ids))})")
+        params.extend(ids)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id"
     if limit is not None:
-        sql += f" LIMIT {int(limit)}"
+        sql += " LIMIT ?"
+        params.append(int(limit))
     return [
         DeadLetter(i, m, S3ObjectRecord.from_dict(json.loads(r)), e, reason, err, t, a)
-        for i, m, r, e, reason, err, t, a in conn.execute(sql)
+        for i, m, r, e, reason, err, t, a in conn.execute(sql, params)
     ]
+
+
+def resolve_dead_letter(conn: sqlite3.Connection, dead_letter_id: int) -> None:
+    """A replay succeeded: the dead letter has its result now."""
+    with conn:
+        conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))
+
+
+def fail_dead_letter_again(conn: sqlite3.Connection, dead_letter_id: int, error: str | None, now: float) -> None:
+    """A replay failed again: keep it, with one more attempt, the new error and time."""
+    with conn:
+        conn.execute(
+            "UPDATE dead_letters SET attempts = attempts + 1, error = ?, failed_at = ? WHERE id = ?",
+            (error, now, dead_letter_id),
+        )
