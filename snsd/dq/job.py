@@ -118,7 +118,7 @@ class DataQualityJob:
             result = self._result(verdict, None, fmt, rows, source.bytes_read, columns, checks, started)
             result["profile"] = profiler.finish(columns)
             result["parse_errors"] = {"count": errors.count, "lines": errors.lines}
-        log.info(
+        log.debug(
             "dq {verdict} s3://{bucket}/{key} rule_set={rule_set} rows={rows} in {duration_ms} ms",
             verdict=verdict,
             bucket=record.bucket,
