@@ -6,13 +6,14 @@ the breaker test gets its own daemon so its failures do not disturb the others.
 """
 
 import json
+import time
 import uuid
 from urllib.parse import urlsplit
 
 import boto3
 import pytest
 
-from snsd.tools.wire import find_subscription, is_confirmed, wire
+from snsd.tools.wire import find_subscription, wire
 from tests.process_helpers import Daemon
 
 pytestmark = pytest.mark.localstack
@@ -84,7 +85,10 @@ def results_for(daemon, keys):
 def test_snsd_confirms_the_subscription_by_itself(loop, sns):
     daemon, wiring = loop
     subscription_arn = find_subscription(sns, wiring.topic_arn, daemon.url + "/")
-    assert is_confirmed(sns, subscription_arn)
+    assert subscription_arn.startswith(wiring.topic_arn + ":")
+    attributes = sns.get_subscription_attributes(SubscriptionArn=subscription_arn)["Attributes"]
+    assert attributes["PendingConfirmation"] == "false"
+    assert attributes["Endpoint"] == daemon.url + "/"
     assert "confirmed subscription" in daemon.output()
 
 
@@ -138,24 +142,85 @@ def test_an_event_with_several_records_yields_one_result_per_record(loop, s3, sn
 
     lines = daemon.wait_for(from_message, timeout=60, what="three results of one message")
     assert sorted(line["key"] for line in lines) == sorted("side/" + k for k in keys)
+    assert {(line["status"], line["result"]["verdict"]) for line in lines} == {("ok", "passed")}
 
 
 def test_signatures_are_verified_against_localstacks_certificate(loop):
     daemon, wiring = loop
     assert "NOT verified" not in daemon.output()
     assert "cached signing certificate http://127.0.0.1:" in daemon.output()
+
+
+@pytest.fixture(scope="session")
+def signed_envelope(loop, aws_env, s3, sns):
+    """A genuine LocalStack-signed Notification the daemon has not seen: published to a second
+    topic whose only subscriber is an SQS queue, which receives the signed envelope as its body."""
+    daemon, wiring = loop
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=aws_env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    topic_arn = sns.create_topic(Name=f"{wiring.bucket}-signed")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName=f"{wiring.bucket}-signed")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    # A bucket without notifications: only the message below mentions these objects.
+    bucket = s3.create_bucket(Bucket=f"{wiring.bucket}-signed") and f"{wiring.bucket}-signed"
+    for key in ("signed/genuine.csv", "signed/tampered.csv"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"id\n1\n")
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": bucket}, "object": {"key": "signed/genuine.csv"}},
+    }
+    message_id = sns.publish(TopicArn=topic_arn, Message=json.dumps({"Records": [record]}))["MessageId"]
+    received = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=10, MaxNumberOfMessages=1)["Messages"]
+    envelope = json.loads(received[0]["Body"])
+    assert envelope["MessageId"] == message_id and envelope["Signature"]
+    return envelope
+
+
+def test_a_tampered_message_signed_by_localstack_is_refused(loop, signed_envelope):
+    daemon, wiring = loop
+    tampered = {**signed_envelope, "Message": signed_envelope["Message"].replace("genuine", "tampered")}
+    status, body, _ = daemon.post(json.dumps(tampered).encode())
+    assert (status, json.loads(body)) == (403, {"error": "bad_signature"})
+    status, body, _ = daemon.post(json.dumps(signed_envelope).encode())
+    assert status == 200, body
+    (line,) = results_for(daemon, ["signed/genuine.csv"])
+    assert line["message_id"] == signed_envelope["MessageId"] and line["result"]["verdict"] == "passed"
+    assert not [line for line in daemon.result_lines() if line["key"] == "signed/tampered.csv"]
+
+
+def test_a_forged_signature_with_localstacks_certificate_url_is_refused(loop, signed_envelope):
+    daemon, wiring = loop
+    forged = {
+        **signed_envelope,
+        "MessageId": str(uuid.uuid4()),
+        "Signature": signed_envelope["Signature"][:-8] + "AAAAAAA=",
+    }
+    status, body, _ = daemon.post(json.dumps(forged).encode())
+    assert (status, json.loads(body)) == (403, {"error": "bad_signature"})
+
+
+def test_a_certificate_url_outside_the_trusted_hosts_is_refused(loop):
+    daemon, wiring = loop
     forged = {
         "Type": "Notification",
         "MessageId": str(uuid.uuid4()),
         "TopicArn": wiring.topic_arn,
         "Message": json.dumps({"Records": []}),
-        "Timestamp": "2026-11-29T10:00:00.000Z",
+        "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
         "SignatureVersion": "1",
         "Signature": "Zm9yZ2Vk",
         "SigningCertURL": "http://127.0.0.1:1/_aws/sns/SimpleNotificationService-x.pem",
     }
     status, body, _ = daemon.post(json.dumps(forged).encode())
-    assert status == 403
+    assert (status, json.loads(body)) == (403, {"error": "untrusted_cert_url"})
 
 
 def test_missing_objects_open_the_breaker_and_reset_closes_it(tmp_path, localstack_url, aws_env, sns):

@@ -49,6 +49,14 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 30.0) -> N
     raise SystemExit(f"snsd did not become ready at {url} within {timeout:.0f}s")
 
 
+def _port_from_env(value: str) -> int:
+    """SNSD_PORT as a number: ``8081``, or ``tcp:8081`` / ``tcp:8081:interface=...`` as twistd takes it."""
+    try:
+        return int(value.removeprefix("tcp:").split(":")[0])
+    except ValueError:
+        raise SystemExit(f"snsd-run: SNSD_PORT must be a port number or tcp:N, not {value!r}") from None
+
+
 def trusted_hosts(localstack_url: str) -> list[str]:
     """The hosts LocalStack may put in its SigningCertURL and SubscribeURL."""
     port = urlsplit(localstack_url).port or 4566
@@ -58,7 +66,7 @@ def trusted_hosts(localstack_url: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="snsd-run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("SNSD_PORT", "8080").removeprefix("tcp:")))
+    parser.add_argument("--port", type=int, default=_port_from_env(os.environ.get("SNSD_PORT", "8080")))
     parser.add_argument("--bucket", default="incoming")
     parser.add_argument("--topic", default="snsd-uploads")
     parser.add_argument("--results", default=os.environ.get("SNSD_RESULTS_PATH", "./dry_run_results.jsonl"))
@@ -90,11 +98,17 @@ def main(argv: list[str] | None = None) -> int:
                 command += ["--trusted-host", host]
             if args.rules:
                 command += ["--rules", args.rules]
-            daemon = subprocess.Popen(command, env=env)
+            # Its own session: Ctrl-C reaches only this process, which then stops snsd once, with
+            # SIGTERM, and waits for its drain (a terminal's SIGINT would also hit twistd directly).
+            daemon = subprocess.Popen(command, env=env, start_new_session=True)
             try:
                 listener = f"http://127.0.0.1:{args.port}"
                 _wait_ready(listener, daemon)
-                wiring = wire(localstack, listener + "/", args.bucket, args.topic, wait_confirmed_seconds=30)
+                try:
+                    wiring = wire(localstack, listener + "/", args.bucket, args.topic, wait_confirmed_seconds=30)
+                except TimeoutError as e:
+                    print(f"snsd-run: {e}; see snsd's log above", file=sys.stderr)
+                    return 1
                 print(_next_steps(localstack, listener, wiring, args), flush=True)
                 while daemon.poll() is None:
                     time.sleep(0.5)
