@@ -1,8 +1,321 @@
-"""Logging setup: readable text by default, one JSON object per line with ``--log-format json``."""
+"""Logging setup: readable text by default, one JSON object per line with ``--log-format json``.
+
+Both formats pass through the same two filters before they reach stdout:
+
+- a level filter (``info`` by default, ``SNSD_LOG_LEVEL`` to change it), so the per-message
+  ``debug`` lines (accepted, job ok) cost nothing under a burst;
+- a :class:`Throttle`, so a burst of the same warning (every job failing, every request
+  refused) prints a few lines and then one "N more like this" summary per interval, not one
+  line per message.
+
+:class:`ActivitySummary` adds one periodic line with what the per-message lines no longer
+say: requests answered, jobs finished and records pending in the last interval, read from
+the Prometheus counters.
+
+twistd starts logging *after* ``makeService`` returns, with its own observer (text on
+stdout, or ``--logfile``).  :func:`configure_logging` therefore does not start logging
+itself: it replaces the observer twistd builds by default (``AppLogger._getLogObserver``),
+so ``--logfile``, ``--syslog``, ``--logger`` and an application's own ``ILogObserver``
+keep working and keep priority.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 
-def configure_logging(log_format: str) -> None:
-    # Placeholder wiring point; the JSON observer is installed here (see observability work).
-    return None
+from prometheus_client import REGISTRY
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    textFileLogObserver,
+)
+from zope.interface import implementer
+
+TEXT, JSON = "text", "json"
+FORMATS = (TEXT, JSON)
+LEVEL_ENV = "SNSD_LOG_LEVEL"
+SUMMARY_INTERVAL = 10.0
+# Lines of one kind printed per interval before the rest are only counted.
+THROTTLE_BURST = 5
+
+# Keys of a twisted.logger event (or a legacy twisted.python.log one) that are bookkeeping,
+# not the event's own data.
+_LEGACY_KEYS = frozenset({"message", "isError", "system", "time", "format", "why", "failure", "printed"})
+_RESERVED = ("time", "level", "namespace", "message")
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _jsonable(value):
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def event_as_dict(event: dict) -> dict:
+    """An event as a flat JSON-ready dict: time, level, namespace, message, then its fields."""
+    level = event.get("log_level")
+    if level is None:
+        level = LogLevel.critical if event.get("isError") else LogLevel.info
+    namespace = event.get("log_namespace")
+    if not namespace or namespace == "log_legacy":
+        # twisted.python.log messages (port open/closed): their "system" is the closest thing.
+        namespace = event.get("log_system") or event.get("system") or "-"
+    out = {
+        "time": _iso(event.get("log_time") or event.get("time") or 0.0),
+        "level": level.name,
+        "namespace": namespace,
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in _LEGACY_KEYS:
+            continue
+        out["field_" + key if key in _RESERVED else key] = _jsonable(value)
+    failure = event.get("log_failure") or event.get("failure")
+    if failure is not None:
+        out["error_type"] = failure.type.__name__ if isinstance(failure.type, type) else str(failure.type)
+        out["error"] = failure.getErrorMessage()
+        out["traceback"] = failure.getTraceback()
+    return out
+
+
+@implementer(ILogObserver)
+class JSONLinesObserver:
+    """Writes each event as one JSON object and a newline, flushed: what log shippers read.
+
+    Unlike ``jsonFileLogObserver`` there is no record-separator prefix and the fields are
+    plain keys, not Twisted's serialised event.
+    """
+
+    def __init__(self, out):
+        self._out = out
+        self._lock = threading.Lock()  # jobs log from worker threads
+
+    def __call__(self, event: dict) -> None:
+        try:
+            line = json.dumps(event_as_dict(event), ensure_ascii=False, default=str)
+        except Exception as e:  # a log line must never take the daemon down
+            line = json.dumps({"level": "error", "namespace": __name__, "message": f"unloggable event: {e!r}"})
+        with self._lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+
+@implementer(ILogObserver)
+class Throttle:
+    """Passes the first ``burst`` events of each kind per interval; counts the rest.
+
+    An event's kind is its namespace, level and format string (``"job failed {bucket}/{key}"``),
+    so distinct messages of one kind (each failing job) share one budget.  :meth:`flush`,
+    called every interval, emits one summary event per kind that was cut short and opens a new
+    interval.  Failures (events carrying a traceback) of one kind are throttled like any other.
+    """
+
+    def __init__(self, observer: Callable[[dict], None], burst: int = THROTTLE_BURST, clock=None):
+        self._observer = observer
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple, int] = {}
+        self._example: dict[tuple, dict] = {}
+
+    def __call__(self, event: dict) -> None:
+        kind = (event.get("log_namespace"), event.get("log_level"), event.get("log_format"))
+        with self._lock:
+            seen = self._seen.get(kind, 0) + 1
+            self._seen[kind] = seen
+            if seen > self.burst:
+                self._example[kind] = event
+                return
+        self._observer(event)
+
+    def flush(self, interval: float = SUMMARY_INTERVAL) -> None:
+        with self._lock:
+            cut = [(kind, self._seen[kind] - self.burst, self._example[kind]) for kind in self._example]
+            self._seen = {}
+            self._example = {}
+        for (namespace, level, _format), suppressed, last in cut:
+            summary = {
+                "log_namespace": namespace,
+                "log_level": level or LogLevel.info,
+                "log_format": "{suppressed} more like '{last_message}' in the last {interval:.1f}s",
+                "log_time": self._clock.seconds() if self._clock else last.get("log_time"),
+                "suppressed": suppressed,
+                "interval": interval,
+                "last_message": formatEvent(last),
+            }
+            self._observer(summary)
+
+
+class ActivitySummary:
+    """One line per interval with what happened, read from the Prometheus counters.
+
+    The per-message lines are ``debug``; this is what the default level says instead: how many
+    requests were answered (by status), how many jobs finished (by outcome), dead letters, and
+    how many records are pending.  Nothing is logged for an idle interval.
+    """
+
+    def __init__(self, logger, registry=REGISTRY):
+        self._log = logger
+        self._registry = registry
+        self._last = self._read()
+
+    def _read(self) -> dict[tuple[str, str], float]:
+        totals: dict[tuple[str, str], float] = {}
+        wanted = {
+            "snsd_requests_total": "status",
+            "snsd_jobs_total": "outcome",
+            "snsd_dead_letters_total": "reason",
+        }
+        for metric in self._registry.collect():
+            for sample in metric.samples:
+                label = wanted.get(sample.name)
+                if label is None:
+                    continue
+                key = (sample.name, sample.labels.get(label, ""))
+                totals[key] = totals.get(key, 0.0) + sample.value
+        return totals
+
+    def tick(self, interval: float = SUMMARY_INTERVAL) -> dict | None:
+        now = self._read()
+        delta = {k: v - self._last.get(k, 0.0) for k, v in now.items() if v - self._last.get(k, 0.0) > 0}
+        self._last = now
+        if not delta:
+            return None
+
+        def part(name):
+            return {label: int(v) for (metric, label), v in sorted(delta.items()) if metric == name}
+
+        requests, jobs, dead = part("snsd_requests_total"), part("snsd_jobs_total"), part("snsd_dead_letters_total")
+        pending = self._registry.get_sample_value("snsd_spool_pending") or 0
+        fields = {
+            "interval": interval,
+            "requests": sum(requests.values()),
+            "requests_by_status": requests,
+            "jobs": sum(jobs.values()),
+            "jobs_by_outcome": jobs,
+            "dead_letters": sum(dead.values()),
+            "pending": int(pending),
+        }
+        self._log.info(
+            "last {interval:.1f}s: {requests} requests ({requests_text}), {jobs} jobs ({jobs_text}), "
+            "{dead_letters} dead letters, {pending} pending",
+            requests_text=_counts_text(requests),
+            jobs_text=_counts_text(jobs),
+            **fields,
+        )
+        return fields
+
+
+def _counts_text(counts: dict) -> str:
+    return ", ".join(f"{label}: {n}" for label, n in counts.items()) or "none"
+
+
+def level_from_env(environ=os.environ) -> LogLevel:
+    name = (environ.get(LEVEL_ENV) or "info").strip().lower()
+    try:
+        return LogLevel.levelWithName(name)
+    except Exception:
+        return LogLevel.info
+
+
+def make_observer(log_format: str, out=None, level: LogLevel = LogLevel.info, clock=None):
+    """The filtered observer chain for ``log_format``; returns ``(observer, throttle)``."""
+    out = out if out is not None else sys.stdout
+    sink = JSONLinesObserver(out) if log_format == JSON else textFileLogObserver(out)
+    throttle = Throttle(sink, clock=clock)
+    return FilteringLogObserver(throttle, [LogLevelFilterPredicate(defaultLogLevel=level)]), throttle
+
+
+_installed: dict = {}
+
+
+def configure_logging(log_format: str, *, level: LogLevel | None = None, reactor=None) -> None:
+    """Make twistd's default log observer ours (``log_format`` is ``text`` or ``json``).
+
+    Called from ``makeService``, before twistd starts logging.  Also starts, once the reactor
+    runs, the periodic throttle flush and activity summary.
+    """
+    if log_format not in FORMATS:
+        raise ValueError(f"unknown log format {log_format!r}; expected one of {FORMATS}")
+    level = level if level is not None else level_from_env()
+    if reactor is None:
+        from twisted.internet import reactor
+    throttles: list[Throttle] = []
+
+    def build(logger_self):
+        # Same file choice as twistd's own: stdout unless --logfile names a file.
+        name = getattr(logger_self, "_logfilename", "")
+        if getattr(logger_self, "_syslog", False):
+            return _installed["originals"][type(logger_self)](logger_self)
+        if name and name != "-":
+            from twisted.python.logfile import LogFile
+
+            out = LogFile.fromFullPath(name)
+        else:
+            out = sys.stdout
+        observer, throttle = make_observer(log_format, out, level, clock=reactor)
+        throttles.append(throttle)
+        return observer
+
+    _patch_twistd(build)
+    reactor.callWhenRunning(_start_periodic, reactor, throttles)
+
+
+def _patch_twistd(build) -> None:
+    from twisted.application import app
+
+    classes = [app.AppLogger]
+    try:
+        from twisted.scripts._twistd_unix import UnixAppLogger
+
+        classes.append(UnixAppLogger)
+    except ImportError:  # Windows
+        pass
+    originals = _installed.setdefault("originals", {cls: cls.__dict__.get("_getLogObserver") for cls in classes})
+    for cls in classes:
+        if originals.get(cls) is None:
+            originals[cls] = cls._getLogObserver
+        cls._getLogObserver = build
+
+
+def unconfigure_logging() -> None:
+    """Undo :func:`configure_logging`'s hook (for tests)."""
+    for cls, original in _installed.pop("originals", {}).items():
+        cls._getLogObserver = original
+
+
+def _start_periodic(reactor, throttles: list[Throttle]) -> None:
+    from twisted.internet.task import LoopingCall
+    from twisted.logger import Logger
+
+    summary = ActivitySummary(Logger(namespace="snsd.activity"))
+    last = [reactor.seconds()]
+
+    def tick():
+        now = reactor.seconds()
+        interval, last[0] = max(now - last[0], 0.0), now
+        for throttle in throttles:
+            throttle.flush(interval)
+        summary.tick(interval)
+
+    loop = LoopingCall(tick)
+    loop.clock = reactor
+    loop.start(SUMMARY_INTERVAL, now=False)
+    # The last partial interval too, once the drain is done.
+    reactor.addSystemEventTrigger("after", "shutdown", tick)
+    _installed["loop"] = loop

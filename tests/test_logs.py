@@ -1,0 +1,198 @@
+"""Logs: one JSON object per line for shippers, readable text by default, and no line per
+message under a burst at the default level."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel
+
+from snsd.logs import ActivitySummary, JSONLinesObserver, Throttle, event_as_dict, level_from_env, make_observer
+from tests.process_helpers import Daemon, notification
+from tests.trust_helpers import notification as sns_notification
+from tests.trust_helpers import signed
+from tests.web_harness import Snsd, s3_message
+
+
+def lines_of(out: io.StringIO) -> list[dict]:
+    text = out.getvalue()
+    assert text.endswith("\n") or not text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_a_json_line_has_time_level_namespace_message_and_the_event_fields():
+    out = io.StringIO()
+    log = Logger(namespace="snsd.dispatcher", observer=JSONLinesObserver(out))
+    log.warn(
+        "job failed {bucket}/{key}: {error}",
+        bucket="incoming",
+        key="a b.csv",
+        error="no such object",
+        message_id="m-1",
+        duration_ms=12.5,
+    )
+    [line] = lines_of(out)
+    assert line["level"] == "warn"
+    assert line["namespace"] == "snsd.dispatcher"
+    assert line["message"] == "job failed incoming/a b.csv: no such object"
+    fields = (line["bucket"], line["key"], line["message_id"], line["duration_ms"])
+    assert fields == ("incoming", "a b.csv", "m-1", 12.5)
+    assert line["time"].endswith("Z") and line["time"][10] == "T"
+    assert not any(key.startswith("log_") for key in line)
+
+
+def test_a_failure_carries_its_traceback_text():
+    out = io.StringIO()
+    log = Logger(namespace="snsd.web", observer=JSONLinesObserver(out))
+    try:
+        {}["missing"]
+    except KeyError:
+        log.failure("unexpected error answering {path}", path="/")
+    [line] = lines_of(out)
+    assert line["level"] == "critical"
+    assert line["message"] == "unexpected error answering /"
+    assert line["error_type"] == "KeyError"
+    assert "Traceback" in line["traceback"] and "KeyError: 'missing'" in line["traceback"]
+
+
+def test_fields_that_are_not_json_become_text_and_reserved_names_are_kept_apart():
+    class Peer:
+        def __str__(self):
+            return "peer-1"
+
+    event = {
+        "log_format": "from {peer}",
+        "log_level": LogLevel.info,
+        "log_namespace": "x",
+        "log_time": 0.0,
+        "peer": Peer(),
+        "level": "mine",
+        "counts": {"200": 3},
+    }
+    line = event_as_dict(event)
+    assert line["peer"] == "peer-1" and line["message"] == "from peer-1"
+    assert line["level"] == "info" and line["field_level"] == "mine"
+    assert line["counts"] == {"200": 3}
+    assert json.loads(json.dumps(line)) == line
+
+
+def test_each_event_is_exactly_one_line_even_with_newlines_in_it():
+    out = io.StringIO()
+    log = Logger(namespace="t", observer=JSONLinesObserver(out))
+    log.info("two\nlines {x}", x="and\nmore")
+    assert out.getvalue().count("\n") == 1
+    assert lines_of(out)[0]["message"] == "two\nlines and\nmore"
+
+
+def test_throttle_passes_a_few_of_a_kind_then_one_summary_per_interval():
+    seen = []
+    clock = Clock()
+    throttle = Throttle(seen.append, burst=3, clock=clock)
+    log = Logger(namespace="snsd.dispatcher", observer=throttle)
+    for i in range(100):
+        log.warn("job failed {key}", key=f"k{i}")
+    log.info("breaker {state}", state="open")  # another kind: its own budget
+    assert [e.get("key") for e in seen] == ["k0", "k1", "k2", None]
+
+    throttle.flush(10)
+    [summary] = seen[4:]
+    assert summary["suppressed"] == 97
+    assert summary["log_level"] == LogLevel.warn and summary["log_namespace"] == "snsd.dispatcher"
+    assert "job failed k99" in event_as_dict(summary)["message"]
+
+    throttle.flush(10)  # nothing cut short since: no summary
+    assert len(seen) == 5
+    log.warn("job failed {key}", key="again")  # a new interval: passes again
+    assert seen[-1]["key"] == "again"
+
+
+def test_debug_is_dropped_at_the_default_level_and_shown_when_asked():
+    out = io.StringIO()
+    observer, _ = make_observer("json", out, LogLevel.info)
+    log = Logger(namespace="snsd.web", observer=observer)
+    log.debug("accepted {message_id}", message_id="m-1")
+    log.info("ready")
+    assert [line["message"] for line in lines_of(out)] == ["ready"]
+
+    out = io.StringIO()
+    observer, _ = make_observer("json", out, level_from_env({"SNSD_LOG_LEVEL": "debug"}))
+    Logger(namespace="snsd.web", observer=observer).debug("accepted {message_id}", message_id="m-1")
+    assert lines_of(out)[0]["message_id"] == "m-1"
+
+
+def test_text_format_stays_readable():
+    out = io.StringIO()
+    observer, _ = make_observer("text", out)
+    Logger(namespace="snsd.daemon", observer=observer).info("listening on {host}:{port}", host="127.0.0.1", port=80)
+    text = out.getvalue()
+    assert text.endswith("listening on 127.0.0.1:80\n") and "[snsd.daemon#info]" in text
+    with pytest.raises(ValueError):
+        json.loads(text)
+
+
+def test_activity_summary_reports_what_the_interval_answered_and_ran(tmp_path):
+    snsd = Snsd(tmp_path)
+    out = io.StringIO()
+    summary = ActivitySummary(Logger(namespace="snsd.activity", observer=JSONLinesObserver(out)))
+    for i in range(7):
+        snsd.post(signed(sns_notification(s3_message(f"k{i}.csv"))))
+    snsd.post(b"not json")
+    fields = summary.tick(10)
+    assert fields["requests"] == 8 and fields["requests_by_status"] == {"200": 7, "400": 1}
+    assert fields["jobs"] == 7 and fields["jobs_by_outcome"] == {"ok": 7}
+    [line] = lines_of(out)
+    assert line["requests"] == 8 and line["message"].startswith("last 10.0s: 8 requests (200: 7, 400: 1)")
+    assert summary.tick(10) is None  # idle interval: silent
+    assert len(lines_of(out)) == 1
+
+
+@pytest.mark.process
+def test_twistd_log_format_json_writes_only_json_lines_and_no_line_per_message(tmp_path):
+    daemon = Daemon(
+        tmp_path, "--no-verify-signatures", "--job", "snsd_test_jobs:missing", "--log-format", "json"
+    ).start()
+    try:
+        for i in range(40):
+            status, _, _ = daemon.post(notification(s3_message(f"gone-{i}.csv"), f"msg-{i}"))
+            assert status == 200
+        daemon.wait_for(lambda: len(daemon.result_lines()) >= 5, what="the failing jobs")
+    finally:
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    lines = [json.loads(text) for text in daemon.output().splitlines()]  # every line parses
+    assert all({"time", "level", "namespace", "message"} <= line.keys() for line in lines)
+    ready = next(line for line in lines if line["message"].startswith("listening on"))
+    assert ready["namespace"] == "snsd.daemon" and isinstance(ready["port"], int)
+    failed = [line for line in lines if line["message"].startswith("job failed")]
+    assert 1 <= len(failed) <= 5
+    assert failed[0]["bucket"] == "incoming" and failed[0]["message_id"].startswith("msg-")
+    # 40 messages, 35 of them skipped by the open breaker: a few lines each, then a summary.
+    skipped = [line for line in lines if line["message"].startswith("breaker open: skipped")]
+    assert len(skipped) <= 5
+    assert any(line.get("suppressed") for line in lines)
+    activity = [line for line in lines if line["namespace"] == "snsd.activity"]
+    assert sum(line["requests"] for line in activity) == 40
+    assert len(lines) < 40
+
+
+@pytest.mark.process
+def test_twistd_default_text_has_no_line_per_accepted_message(tmp_path):
+    daemon = Daemon(tmp_path, "--no-verify-signatures", "--job", "snsd_test_jobs:echo").start()
+    try:
+        for i in range(30):
+            assert daemon.post(notification(s3_message(f"ok-{i}.csv"), f"ok-{i}"))[0] == 200
+        daemon.wait_for(lambda: len(daemon.result_lines()) == 30, what="30 results")
+    finally:
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    output = daemon.output()
+    # Verification is off, so each message is warned about: five lines, then one summary.
+    per_message = [line for line in output.splitlines() if " ok-" in line]
+    assert len(per_message) <= 6 and "25 more like 'signature NOT verified" in output
+    assert "accepted ok-" not in output
+    assert "30 requests (200: 30), 30 jobs (ok: 30)" in output
+    assert output.count("\n") < 30
