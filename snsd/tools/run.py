@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", default=os.environ.get("SNSD_RULES"))
     args = parser.parse_args(argv)
 
+    # Both stop the same way; SIGINT set explicitly because a shell's background job starts with it ignored.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     twistd = str(Path(sys.executable).with_name("twistd"))
     try:
         with ensure_localstack() as localstack:
@@ -114,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.5)
                 return daemon.returncode
             finally:
-                if daemon.poll() is None:
-                    daemon.send_signal(signal.SIGTERM)
-                    daemon.wait(60)
-    except (KeyboardInterrupt, _Stop):
+                _stop_daemon(daemon)
+    except _Stop:
         return 0
     except NoSuitablePython as e:
         print(f"snsd-run: {e}", file=sys.stderr)
@@ -125,6 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     except LocalStackError as e:
         print(f"snsd-run: {e}", file=sys.stderr)
         return 1
+
+
+def _stop_daemon(daemon: subprocess.Popen) -> None:
+    """SIGTERM snsd once and wait for its drain; a second Ctrl-C meanwhile must not cut it short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(90)  # longer than the default 30s drain timeout
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
 
 
 def _next_steps(localstack: str, listener: str, wiring, args) -> str:
@@ -140,7 +153,7 @@ Upload a file to s3://{wiring.bucket}/ to run the data-quality job on it:
 or without the aws CLI:
   AWS_ENDPOINT_URL={localstack} AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 \\
     .venv/bin/python -c "import boto3; boto3.client('s3').upload_file('data.csv', '{wiring.bucket}', 'data.csv')"
-or publish the sample event.json to the topic (its object does not exist: expect an s3_not_found error line):
+or publish the sample event.json to the topic (its object does not exist: expect an error line):
   AWS_ENDPOINT_URL={localstack} .venv/bin/python -m snsd.tools.publish --topic-arn {wiring.topic_arn}
 
 Then: tail -f {results}
