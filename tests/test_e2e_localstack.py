@@ -6,6 +6,10 @@ the breaker test gets its own daemon so its failures do not disturb the others.
 """
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -13,6 +17,7 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
+from snsd.tools.localstack import free_port, is_healthy
 from snsd.tools.wire import find_subscription, wire
 from tests.process_helpers import Daemon
 
@@ -264,3 +269,38 @@ def test_missing_objects_open_the_breaker_and_reset_closes_it(tmp_path, localsta
         assert json.loads(daemon.get("/breaker")[1])["state"] == "closed"
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_one_command_run_wires_confirms_and_stops_on_sigterm(tmp_path, localstack_url, aws_env, s3):
+    """`make run`'s program against this session's LocalStack (reused, so it must stay up afterwards)."""
+    bucket = f"e2e-run-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    results = tmp_path / "results.jsonl"
+    log = tmp_path / "run.out"
+    command = [sys.executable, "-m", "snsd.tools.run", "--port", str(port), "--bucket", bucket]
+    command += ["--topic", f"{bucket}-topic", "--results", str(results), "--spool", str(tmp_path / "spool.sqlite3")]
+    with open(log, "wb") as out:
+        run = subprocess.Popen(command, env={**os.environ, **aws_env}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        poll_until(lambda: b"Upload a file" in log.read_bytes() or run.poll() is not None, 60, log)
+        assert run.poll() is None, log.read_text()
+        assert f"snsd is running at http://127.0.0.1:{port}" in log.read_text()
+        assert "(confirmed by snsd)" in log.read_text()
+        s3.put_object(Bucket=bucket, Key="in/a b.csv", Body=b"id\n1\n")
+        poll_until(lambda: results.exists() and results.read_text().strip(), 30, log)
+        (line,) = [json.loads(text) for text in results.read_text().splitlines()]
+        assert (line["bucket"], line["key"], line["status"]) == (bucket, "in/a b.csv", "ok")
+    finally:
+        run.send_signal(signal.SIGTERM)
+        code = run.wait(60)
+    assert code == 0, log.read_text()
+    assert "Server Shut Down." in log.read_text()
+    assert is_healthy(localstack_url)  # it reused LocalStack, so it left it running
+
+
+def poll_until(predicate, timeout, log):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; output:\n{log.read_text()[-4000:]}")
+        time.sleep(0.05)
