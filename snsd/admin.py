@@ -36,32 +36,55 @@ def _iso(seconds: float) -> str:
 
 
 def _open(path: str) -> sqlite3.Connection:
-    if path != ":memory:" and not os.path.exists(path):
+    if path == ":memory:":
+        raise SystemExit("snsd-admin: a :memory: spool lives and dies inside the daemon; there is nothing to open")
+    if not os.path.exists(path):
         raise SystemExit(f"snsd-admin: no spool at {path} (give --spool or set SNSD_SPOOL_PATH)")
+    # The daemon may be writing: wait for its (short) transactions rather than fail.
     conn = sqlite3.connect(path, timeout=10)
     conn.execute("PRAGMA busy_timeout=10000")
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"records", "dead_letters", "messages"} <= tables:
+        conn.close()
+        raise SystemExit(f"snsd-admin: {path} is not an snsd spool (no records/dead_letters tables)")
     return conn
 
 
+COLUMNS = ("id", "message id", "object", "reason", "error", "attempts", "failed at")
+# Long values are cut so a row stays on one line; ``export`` has them whole.
+WIDEST = {"message id": 40, "object": 60, "error": 60}
+
+
+def _cut(text: str, width: int | None) -> str:
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
+
+
 def list_command(conn, args, out) -> int:
-    letters = list_dead_letters(conn, limit=args.limit, reason=args.reason)
-    print(f"{'id':>6}  {'failed at':20}  {'attempts':>8}  {'reason':14}  {'message id':36}  object / error", file=out)
-    for d in letters:
-        print(
-            f"{d.id:>6}  {_iso(d.failed_at):20}  {d.attempts:>8}  {d.reason:14}  {d.message_id or '-':36}  "
+    letters = list_dead_letters(conn, limit=args.limit, reason=args.reason, ids=args.id)
+    rows = [
+        (
+            str(d.id),
+            d.message_id or "-",
             f"s3://{d.record.bucket}/{d.record.key}",
-            file=out,
+            d.reason,
+            " ".join((d.error or "-").split()),
+            str(d.attempts),
+            _iso(d.failed_at),
         )
-        if d.error:
-            print(f"{'':>98}{d.error[:200]}", file=out)
-    print(f"{len(letters)} dead letters", file=out)
+        for d in letters
+    ]
+    rows = [tuple(_cut(value, WIDEST.get(column)) for column, value in zip(COLUMNS, row, strict=True)) for row in rows]
+    widths = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(COLUMNS)]
+    for row in (COLUMNS, *rows):
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip(), file=out)
+    print(f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'}", file=out)
     return 0
 
 
 def export_command(conn, args, out) -> int:
     target = out if args.output in (None, "-") else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
     try:
-        for d in list_dead_letters(conn, reason=args.reason):
+        for d in list_dead_letters(conn, reason=args.reason, ids=args.id):
             try:
                 envelope = json.loads(d.envelope) if d.envelope else None
             except ValueError:
@@ -95,22 +118,30 @@ def replay_command(conn, args, out) -> int:
     except usage.UsageError as e:
         raise SystemExit(f"snsd-admin: {e}") from None
     settings = options.settings
-    sink = make_sink(settings)
+    try:
+        sink = make_sink(settings)
+    except OSError as e:
+        raise SystemExit(f"snsd-admin: cannot open the result sink: {e}") from None
+    # Read once, then one short transaction per outcome: the daemon keeps writing meanwhile.
     letters = list_dead_letters(conn, reason=args.reason, ids=args.id)
     resolved = failed = 0
     try:
         for d in letters:
             line = run_job(settings["job"], d.record, d.attempts + 1)
-            sink.write(line)
+            error = line["error"]
+            try:
+                sink.write(line)
+            except Exception as e:
+                # No result recorded, so it is not resolved, whatever the job said.
+                line["status"], error = "error", f"recording the result failed: {type(e).__name__}: {e}"
             if line["status"] == "ok":
                 resolve_dead_letter(conn, d.id)
                 resolved += 1
             else:
-                fail_dead_letter_again(conn, d.id, line["error"], time.time())
+                fail_dead_letter_again(conn, d.id, error, time.time())
                 failed += 1
             print(
-                f"{d.id}: s3://{d.record.bucket}/{d.record.key} {line['status']}"
-                + (f" ({line['error_kind']}: {line['error']})" if line["error"] else ""),
+                f"{d.id}: s3://{d.record.bucket}/{d.record.key} {line['status']}" + (f" ({error})" if error else ""),
                 file=out,
             )
     finally:
@@ -123,14 +154,27 @@ def replay_command(conn, args, out) -> int:
 
 
 def stats_command(conn, args, out) -> int:
-    (pending,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()
-    (messages,) = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
-    by_reason = conn.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason ORDER BY reason").fetchall()
+    # One read transaction, so the figures agree with each other while the daemon writes.
+    with conn:
+        conn.execute("BEGIN")
+        pending, oldest = conn.execute("SELECT COUNT(*), MIN(enqueued_at) FROM records").fetchone()
+        (messages,) = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
+        by_reason = conn.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason ORDER BY reason").fetchall()
+        recent = conn.execute(
+            "SELECT message_id, accepted_at FROM messages ORDER BY accepted_at DESC, rowid DESC LIMIT ?",
+            (args.recent,),
+        ).fetchall()
     print(f"records owed a result: {pending}", file=out)
+    if oldest is not None:
+        print(f"  oldest spooled at {_iso(oldest)}", file=out)
     print(f"remembered message ids: {messages}", file=out)
     print(f"dead letters: {sum(n for _, n in by_reason)}", file=out)
     for reason, count in by_reason:
         print(f"  {reason}: {count}", file=out)
+    if recent:
+        print(f"most recent message ids (up to {args.recent}):", file=out)
+        for message_id, accepted_at in recent:
+            print(f"  {_iso(accepted_at)}  {message_id}", file=out)
     return 0
 
 
@@ -141,29 +185,42 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("SNSD_SPOOL_PATH", "./snsd-spool.sqlite3"),
         help="the spool database (default $SNSD_SPOOL_PATH or ./snsd-spool.sqlite3)",
     )
+    # Also accepted after the command; otherwise replay would hand it to the daemon's options and
+    # quietly use the default spool.
+    spool_option = argparse.ArgumentParser(add_help=False)
+    spool_option.add_argument("--spool", default=argparse.SUPPRESS, help="the spool database")
     groups = p.add_subparsers(dest="group", required=True)
     dead = groups.add_parser("dead-letters", help="list, export or replay dead letters").add_subparsers(
         dest="command", required=True
     )
-    listing = dead.add_parser("list", help="a table of dead letters")
+    listing = dead.add_parser("list", help="a table of dead letters", parents=[spool_option])
     listing.add_argument("--reason", help="only this reason (job_error, breaker_open, drain_timeout, sink_error)")
     listing.add_argument("--limit", type=int)
+    listing.add_argument("--id", type=int, nargs="+", action="extend", help="only these dead letters")
     listing.set_defaults(run=list_command)
-    export = dead.add_parser("export", help="JSON lines with the record and the original SNS envelope")
+    export = dead.add_parser(
+        "export", help="JSON lines with the record and the original SNS envelope", parents=[spool_option]
+    )
     export.add_argument("--reason")
+    export.add_argument("--id", type=int, nargs="+", action="extend", help="only these dead letters")
     export.add_argument("--output", "-o", help="file (default: standard output)")
     export.set_defaults(run=export_command)
     replay = dead.add_parser(
         "replay",
+        parents=[spool_option],
         help="run dead letters again through the job and the result sink",
         epilog="Other options are the daemon's: --job, --rules, --dry-run, --results, "
         "--results-bucket, --results-prefix (and their environment variables).",
     )
-    replay.add_argument("--id", type=int, action="append", help="only this dead letter (repeatable)")
+    replay.add_argument("--id", type=int, nargs="+", action="extend", help="only these dead letters")
     replay.add_argument("--reason")
     replay.set_defaults(run=replay_command)
     spool = groups.add_parser("spool", help="spool statistics").add_subparsers(dest="command", required=True)
-    spool.add_parser("stats", help="records owed a result, dead letters by reason").set_defaults(run=stats_command)
+    stats = spool.add_parser(
+        "stats", help="records owed a result, dead letters by reason, recent message ids", parents=[spool_option]
+    )
+    stats.add_argument("--recent", type=int, default=10, help="how many recent message ids to show (default 10)")
+    stats.set_defaults(run=stats_command)
     return p
 
 
@@ -177,6 +234,9 @@ def main(argv: list[str] | None = None, out=None) -> int:
         conn = _open(args.spool)
     except SystemExit as e:
         print(e, file=sys.stderr)
+        return EXIT_USAGE
+    except sqlite3.DatabaseError as e:
+        print(f"snsd-admin: cannot read {args.spool}: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return args.run(conn, args, out)
