@@ -2,7 +2,8 @@
 S3 upload -> S3 event notification -> SNS topic -> signed HTTP POST -> snsd -> job -> result line.
 
 One LocalStack and one daemon per session (signature verification on, LocalStack's host trusted);
-the breaker test gets its own daemon so its failures do not disturb the others.
+the breaker test gets its own daemon so its failures do not disturb the others, and the one-command
+run (`python -m snsd.tools.run`) starts its own on a free port against the same LocalStack.
 """
 
 import json
