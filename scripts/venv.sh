@@ -36,8 +36,8 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "snsd: installing snsd[test] into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    # editable_mode=compat: a plain .pth entry, so twistd finds twisted/plugins/ in the checkout.
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -e '.[test]' --config-settings editable_mode=compat
+    # Editable: pyproject's package-dir makes it a plain .pth entry for the checkout, so twistd
+    # finds twisted/plugins/ in the tree.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
     echo "$want" > "$stamp"
 fi
