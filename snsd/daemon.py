@@ -113,7 +113,12 @@ class SNSDaemon(MultiService):
         finished = yield self.dispatcher.drain(timeout)
         if not finished:
             log.warn(
-                "drain timed out with {running} jobs running; they stay spooled and run again at next start",
+                "drain timed out with {running} jobs running; "
+                + (
+                    "the in-memory spool cannot keep them: dead letters below"
+                    if self.spool.in_memory
+                    else "they stay spooled and run again at next start"
+                ),
                 running=self.dispatcher.jobs_running,
             )
         if self.spool.in_memory:

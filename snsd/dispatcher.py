@@ -93,7 +93,9 @@ class Dispatcher(Service):
         def log_each(rows):
             for record_id, message_id, record in rows:
                 log.critical(
-                    "record {record_id} of {message_id} not started before shutdown: dead letter {record}",
+                    # Running (drain timed out) or never started: either way it is lost with this process.
+                    "record {record_id} of {message_id} not done at shutdown of an in-memory spool: "
+                    "dead letter {record}",
                     record_id=record_id,
                     message_id=message_id,
                     record=record,
@@ -175,6 +177,12 @@ class Dispatcher(Service):
             self._claiming = False
             if batch:
                 self._cursor = max(self._cursor, batch[-1].id)
+            if self.draining:
+                # The claim was in flight when the drain began: start nothing.  The records are
+                # still in the spool (claiming deletes nothing), so the next start runs them.
+                for permit in permits or ():
+                    self.breaker.release(permit)
+                return
             self.pending = max(0, self.pending - len(batch))
             metrics.SPOOL_PENDING.set(self.pending)
             if permits is None:
