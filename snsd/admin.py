@@ -243,6 +243,11 @@ def main(argv: list[str] | None = None, out=None) -> int:
     except SystemExit as e:
         print(e, file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # `snsd-admin ... | head`: the reader left; say nothing more (and nothing at exit's flush).
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     finally:
         conn.close()
 
