@@ -122,6 +122,44 @@ def test_every_accepted_message_ends_with_a_result_after_a_stop_and_restart(tmp_
 
 
 @process
+def test_a_sigkill_while_messages_are_arriving_loses_no_acknowledged_one(tmp_path):
+    """Killed mid-POST-burst: a 200 is only ever sent after the commit, so every message that got
+    one is in the spool file, runs after the restart, and is a duplicate if SNS sends it again."""
+    daemon = Daemon(tmp_path, *daemon_args(), env={"SNSD_TEST_JOB_SECONDS": "0.05"}).start()
+    accepted, lock = set(), threading.Lock()
+
+    def one(i):
+        message_id = f"live-{i}"
+        status, body, _ = daemon.post(notification(s3_message(f"live/{i}.csv"), message_id))
+        if status == 200 and json.loads(body)["status"] == "accepted":
+            with lock:
+                accepted.add(message_id)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(400)]
+        daemon.wait_for(lambda: len(accepted) >= 40, what="40 messages accepted")
+        daemon.signal(signal.SIGKILL)
+        for future in futures:
+            future.result()
+    assert daemon.wait() == -signal.SIGKILL
+    assert 40 <= len(accepted) < 400  # killed while messages were still arriving
+
+    daemon.start()
+    try:
+        daemon.wait_for(
+            lambda: accepted <= {line["message_id"] for line in daemon.result_lines()},
+            what="a result for every acknowledged message",
+        )
+        assert rows(daemon, "SELECT COUNT(*) FROM dead_letters") == [(0,)]
+        for message_id in sorted(accepted)[:20]:
+            i = message_id.removeprefix("live-")
+            status, body, _ = daemon.post(notification(s3_message(f"live/{i}.csv"), message_id))
+            assert (status, json.loads(body)) == (200, {"status": "duplicate"})
+    finally:
+        assert daemon.stop() == 0
+
+
+@process
 def test_a_drain_turns_unready_refuses_new_messages_and_lets_running_jobs_finish(tmp_path):
     daemon = Daemon(
         tmp_path, *daemon_args("--drain-timeout", "30", "--workers", "1"), env={"SNSD_TEST_JOB_SECONDS": "1.5"}
