@@ -104,6 +104,10 @@ def test_every_accepted_message_ends_with_a_result_after_a_stop_and_restart(tmp_
         daemon.wait_for(all_accounted, timeout=60, what="every accepted message to be accounted for")
         lines = daemon.result_lines()
         with_result, dead = accounted(daemon)
+        print(
+            f"{how.name}: 40 accepted, {len(finished_before)} with a result before the stop, {owed} records left in"
+            f" the spool, after the restart {len(with_result)} with a result ({len(lines)} lines), {len(dead)} dead"
+        )
         assert (len(with_result), len(dead)) == (40, 0)
         assert all(line["status"] == "ok" for line in lines)
         # Each result carries the MessageId of the notification that named its object.
@@ -151,6 +155,8 @@ def test_a_sigkill_while_messages_are_arriving_loses_no_acknowledged_one(tmp_pat
             what="a result for every acknowledged message",
         )
         assert rows(daemon, "SELECT COUNT(*) FROM dead_letters") == [(0,)]
+        lines = daemon.result_lines()
+        print(f"SIGKILL mid-POST: {len(accepted)} of 400 acknowledged, {len(lines)} result lines after the restart")
         for message_id in sorted(accepted)[:20]:
             i = message_id.removeprefix("live-")
             status, body, _ = daemon.post(notification(s3_message(f"live/{i}.csv"), message_id))
