@@ -38,26 +38,24 @@ def trusted(localstack_url):
     return f"127.0.0.1:{urlsplit(localstack_url).port}"
 
 
-@pytest.fixture(scope="session")
-def s3(aws_env):
+def client(service, aws_env):
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=aws_env["AWS_ENDPOINT_URL"],
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",
     )
+
+
+@pytest.fixture(scope="session")
+def s3(aws_env):
+    return client("s3", aws_env)
 
 
 @pytest.fixture(scope="session")
 def sns(aws_env):
-    return boto3.client(
-        "sns",
-        endpoint_url=aws_env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    return client("sns", aws_env)
 
 
 def start_wired_daemon(workdir, localstack_url, aws_env, bucket, *args):
@@ -162,13 +160,7 @@ def signed_envelope(loop, aws_env, s3, sns):
     """A genuine LocalStack-signed Notification the daemon has not seen: published to a second
     topic whose only subscriber is an SQS queue, which receives the signed envelope as its body."""
     daemon, wiring = loop
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=aws_env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    sqs = client("sqs", aws_env)
     topic_arn = sns.create_topic(Name=f"{wiring.bucket}-signed")["TopicArn"]
     queue_url = sqs.create_queue(QueueName=f"{wiring.bucket}-signed")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
