@@ -70,7 +70,6 @@ class SNSEndpoint:
         max_body: int = DEFAULT_MAX_BODY,
         basic_auth: str | None = None,
         allow_raw_delivery: bool = False,
-        metrics_resource=None,
     ):
         self.verifier = verifier
         self.confirmer = confirmer
@@ -84,7 +83,6 @@ class SNSEndpoint:
         self.max_body = max_body
         self._basic_auth = basic_auth.encode("utf-8") if basic_auth else None
         self.allow_raw_delivery = allow_raw_delivery
-        self.metrics_resource = metrics_resource
         self.draining = False
 
     def resource(self):
