@@ -229,8 +229,8 @@ def start_snsd(workdir: Path, *args: str, trusted_host: str | None = None, job="
         str(workdir / "spool.sqlite3"),
         "--topic-arn",
         TOPIC,
-        "--job",
-        job,
+        # job=None: snsd's built-in data-quality job (pass "--rules", path in args).
+        *(("--job", job) if job is not None else ()),
         *(("--trusted-host", trusted_host) if trusted_host else ()),
         *args,
     ]

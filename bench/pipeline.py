@@ -94,8 +94,10 @@ def main(argv=None) -> int:
                     "spool",
                     "--topic-arn",
                     "arn:aws:sns:us-east-1:000000000000:pipeline-snsd",
+                    "--rules",
+                    str(wd / "rules.yaml"),
                     trusted_host=f"127.0.0.1:{port}",
-                    job="busy_jobs:dq",
+                    job=None,  # the built-in data-quality job (snsd.dq), as deployed
                     env=listener_env,
                 )
             else:
