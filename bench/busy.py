@@ -65,6 +65,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="64MiB", help="size of each busy object (default 64MiB)")
     parser.add_argument("-n", type=int, default=2000, help="ingest requests measured per listener")
+    parser.add_argument(
+        "--snsd-workers",
+        type=int,
+        default=WORKERS,
+        help="snsd's --workers (default 10, like the baseline); the 10 busy objects are posted either way",
+    )
     args = parser.parse_args(argv)
     size = parse_size(args.size)
 
@@ -96,7 +102,7 @@ def main(argv=None) -> int:
                 listener = start_snsd(
                     wd,
                     "--workers",
-                    str(WORKERS),
+                    str(args.snsd_workers),
                     "--breaker-mode",
                     "spool",
                     "--rules",
@@ -112,7 +118,8 @@ def main(argv=None) -> int:
 
     s, b = results["snsd"], results["baseline"]
     print(
-        f"busy | c=32 while 10 jobs run: snsd {s.rate:.0f}/s p50 {s.pct(0.5):.1f} p99 {s.pct(0.99):.1f}ms; "
+        f"busy | c=32 while 10 jobs run ({args.size} each, snsd --workers {args.snsd_workers}): "
+        f"snsd {s.rate:.0f}/s p50 {s.pct(0.5):.1f} p99 {s.pct(0.99):.1f}ms; "
         f"baseline {b.rate:.0f}/s p50 {b.pct(0.5):.1f} p99 {b.pct(0.99):.1f}ms; "
         f"p99 snsd/baseline {s.pct(0.99) / b.pct(0.99):.2f}",
         flush=True,
