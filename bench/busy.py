@@ -27,7 +27,7 @@ from _common import (  # noqa: E402
     start_snsd,
     workdir,
 )
-from dq_bench import BUCKET, RULES, parse_size, upload  # noqa: E402
+from dq_bench import BUCKET, RULES, generate, parse_size, upload  # noqa: E402
 
 from snsd.tools.localstack import aws_environment, ensure_localstack  # noqa: E402
 
@@ -47,8 +47,24 @@ def csvjob(record):
 WORKERS = 10
 
 
-def measure(name, listener, busy_bodies, load_bodies):
+def warm_up(listener, bodies, timeout=120.0):
+    """Run ``bodies`` (small objects) to completion so every worker thread has built its boto3 client."""
+    run_load(listener.port, bodies, 10, 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [
+            line for line in result_lines(listener.workdir / "results.jsonl") if line["key"].startswith("bench/warm/")
+        ]
+        if len(done) >= len(bodies):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{listener.name}: warm-up did not finish in {timeout:.0f}s")
+
+
+def measure(name, listener, busy_bodies, load_bodies, warm_bodies=()):
     try:
+        if warm_bodies:
+            warm_up(listener, warm_bodies)
         # Occupy every worker with a large file, then measure ingest while they run.
         run_load(listener.port, busy_bodies, 10, 1)
         result = run_load(listener.port, load_bodies, 32, 2, listener.process.pid)
@@ -71,6 +87,13 @@ def main(argv=None) -> int:
         default=WORKERS,
         help="snsd's --workers (default 10, like the baseline); the 10 busy objects are posted either way",
     )
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=20,
+        help="small-object jobs run to completion first, so each worker thread has its boto3 client "
+        "(steady state); 0 measures a cold start (default 20)",
+    )
     args = parser.parse_args(argv)
     size = parse_size(args.size)
 
@@ -87,6 +110,10 @@ def main(argv=None) -> int:
         for i, key in enumerate(keys):
             upload(s3, key, size, seed=i)
         print(f"uploaded {WORKERS} x {args.size} in {time.monotonic() - started:.1f}s", flush=True)
+        small = b"".join(generate(1))[: 64 * 1024]
+        small = small[: small.rindex(b"\n") + 1]  # about 64 KiB of whole lines
+        for i in range(args.warm):
+            s3.put_object(Bucket=BUCKET, Key=f"bench/warm/{i:06d}.csv", Body=small)
 
         cert = CertServer()
         results = {}
@@ -98,6 +125,7 @@ def main(argv=None) -> int:
             signing = (cert.key_pem, cert.cert_url) if name == "snsd" else (None, None)
             busy = notifications(WORKERS, "bench/busy", *signing, bucket=BUCKET)
             load = notifications(args.n, f"ingest-{name}", *signing)
+            warm = notifications(args.warm, "bench/warm", *signing, bucket=BUCKET)
             if name == "snsd":
                 listener = start_snsd(
                     wd,
@@ -113,12 +141,12 @@ def main(argv=None) -> int:
                 )
             else:
                 listener = start_baseline(wd, "--workers", str(WORKERS), job="busy_jobs:csvjob", env=listener_env)
-            results[name] = measure(name, listener, busy, load)
+            results[name] = measure(name, listener, busy, load, warm)
         cert.close()
 
     s, b = results["snsd"], results["baseline"]
     print(
-        f"busy | c=32 while 10 jobs run ({args.size} each, snsd --workers {args.snsd_workers}): "
+        f"busy | c=32 while 10 jobs run ({args.size} each, snsd --workers {args.snsd_workers}, warm {args.warm}): "
         f"snsd {s.rate:.0f}/s p50 {s.pct(0.5):.1f} p99 {s.pct(0.99):.1f}ms; "
         f"baseline {b.rate:.0f}/s p50 {b.pct(0.5):.1f} p99 {b.pct(0.99):.1f}ms; "
         f"p99 snsd/baseline {s.pct(0.99) / b.pct(0.99):.2f}",
