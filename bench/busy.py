@@ -47,6 +47,25 @@ def csvjob(record):
 WORKERS = 10
 
 
+def bench_bucket(url: str):
+    """An S3 client for LocalStack at ``url``, with the benchmark bucket created."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
+    s3.create_bucket(Bucket=BUCKET)
+    return s3
+
+
+def dq_workdir(name: str, env: dict):
+    """A listener's workdir holding the rules and the job module, and the environment they need."""
+    wd = workdir(name)
+    (wd / "rules.yaml").write_text(RULES)
+    (wd / "busy_jobs.py").write_text(BUSY_JOBS)
+    return wd, {**env, "BENCH_RULES": str(wd / "rules.yaml"), "BENCH_DIR": str(Path(__file__).parent)}
+
+
 def warm_up(listener, bodies, timeout=120.0):
     """Run ``bodies`` (small objects) to completion so every worker thread has built its boto3 client."""
     run_load(listener.port, bodies, 10, 1)
@@ -99,12 +118,7 @@ def main(argv=None) -> int:
 
     with ensure_localstack() as url:
         env = aws_environment(url)
-        import boto3
-
-        s3 = boto3.client(
-            "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-        )
-        s3.create_bucket(Bucket=BUCKET)
+        s3 = bench_bucket(url)
         keys = [f"bench/busy/{i:06d}.csv" for i in range(WORKERS)]
         started = time.monotonic()
         for i, key in enumerate(keys):
@@ -118,10 +132,7 @@ def main(argv=None) -> int:
         cert = CertServer()
         results = {}
         for name in ("snsd", "baseline"):
-            wd = workdir(f"busy-{name}")
-            (wd / "rules.yaml").write_text(RULES)
-            (wd / "busy_jobs.py").write_text(BUSY_JOBS)
-            listener_env = {**env, "BENCH_RULES": str(wd / "rules.yaml"), "BENCH_DIR": str(Path(__file__).parent)}
+            wd, listener_env = dq_workdir(f"busy-{name}", env)
             signing = (cert.key_pem, cert.cert_url) if name == "snsd" else (None, None)
             busy = notifications(WORKERS, "bench/busy", *signing, bucket=BUCKET)
             load = notifications(args.n, f"ingest-{name}", *signing)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import result_lines, start_baseline, start_snsd, workdir  # noqa: E402
-from busy import BUSY_JOBS  # noqa: E402
-from dq_bench import BUCKET, RULES, generate, parse_size  # noqa: E402
+from _common import result_lines, start_baseline, start_snsd  # noqa: E402
+from busy import bench_bucket, dq_workdir  # noqa: E402
+from dq_bench import BUCKET, generate, parse_size  # noqa: E402
 
 from snsd.tools.localstack import aws_environment, ensure_localstack  # noqa: E402
 from snsd.tools.wire import wire  # noqa: E402
@@ -73,19 +73,11 @@ def main(argv=None) -> int:
             break
 
     with ensure_localstack() as url:
-        import boto3
-
         env = aws_environment(url)
-        s3 = boto3.client(
-            "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-        )
-        s3.create_bucket(Bucket=BUCKET)
+        s3 = bench_bucket(url)
         rates = {}
         for name in ("snsd", "baseline"):
-            wd = workdir(f"pipeline-{name}")
-            (wd / "rules.yaml").write_text(RULES)
-            (wd / "busy_jobs.py").write_text(BUSY_JOBS)
-            listener_env = {**env, "BENCH_RULES": str(wd / "rules.yaml"), "BENCH_DIR": str(Path(__file__).parent)}
+            wd, listener_env = dq_workdir(f"pipeline-{name}", env)
             if name == "snsd":
                 port = url.rsplit(":", 1)[1].strip("/")
                 listener = start_snsd(
