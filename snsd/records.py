@@ -10,7 +10,7 @@ gives the same key for both, and ``%2B`` stays a literal ``+``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from urllib.parse import unquote_plus
 
 
@@ -28,11 +28,15 @@ class S3ObjectRecord:
     topic_arn: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Not dataclasses.asdict: its deep copy costs more than the rest of spooling a record.
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict) -> S3ObjectRecord:
         return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(S3ObjectRecord))
 
 
 @dataclass(frozen=True)

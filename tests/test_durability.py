@@ -349,7 +349,7 @@ def test_dead_letters_are_replayed_by_snsd_admin_while_the_daemon_runs(tmp_path)
 
 @pytest_twisted.ensureDeferred
 async def test_a_claim_that_lands_after_a_drain_began_starts_nothing(tmp_path):
-    """In process, with the real spool thread: a drain that finds no job running must not see
+    """In process, with the real spool and reactor: a drain that finds no job running must not see
     one start afterwards (a claim was already queued), or the daemon's shutdown would wait for
     it past the drain timeout and lose its completion."""
     from tests.test_dispatcher import Harness
@@ -357,9 +357,9 @@ async def test_a_claim_that_lands_after_a_drain_began_starts_nothing(tmp_path):
     started = threading.Event()
     h = Harness(tmp_path, lambda record: started.set(), workers=1)
     await h.start()
-    await h.submit("m-1", "a")  # spooled; its claim is queued on the writer thread
+    await h.submit("m-1", "a")  # spooled; its claim is queued for the next group commit
     assert await h.dispatcher.drain(5) is True
-    await h.spool.counts()  # the writer thread is FIFO: the claim has landed
+    await h.spool.counts()  # operations run in order: the claim has landed
     assert h.dispatcher.jobs_running == 0 and not started.is_set()
     assert (await h.spool.counts())["records"] == 1  # still spooled for the next start
     await h.stop()

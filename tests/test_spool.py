@@ -112,6 +112,19 @@ async def test_a_burst_is_committed_in_groups(path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_checkpoints_run_off_the_reactor_every_so_many_operations(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 20)
+    spool, _ = await opened(path)
+    # The daemon's connection never checkpoints by itself (that would fsync on the reactor).
+    assert spool._conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    assert spool.last_checkpoint is None
+    await defer.gatherResults([spool.add(envelope(f"m-{i}"), records("k", message_id=f"m-{i}")) for i in range(25)])
+    busy, wal_frames, copied = await spool.last_checkpoint
+    assert busy == 0 and wal_frames > 0 and copied == wal_frames
+    await spool.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_in_memory_spool_works_the_same():
     spool, _ = await opened(":memory:")
     await spool.add(envelope(), records("a", "b"))

@@ -25,6 +25,7 @@ A trusted host given **without a port** matches only the scheme's default port (
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _REGION = re.compile(r"[a-z0-9-]+")
 _HOST_CHARS = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]")
 _PORT = re.compile(r"[0-9]{1,5}")
+_PASSED_MAX = 256  # distinct certificate URLs remembered as checked
 _CERT_FILE_NAME = re.compile(r"SimpleNotificationService-[A-Za-z0-9_-]+\.pem")
 
 
@@ -100,6 +102,9 @@ class HostTrust:
             except _Refused as e:
                 raise ValueError(f"bad trusted host {entry!r}: {e}") from None
         self._trusted = frozenset(entries)
+        # (url, region) pairs that passed check_cert_url.  The rule never changes after
+        # construction, and every message of a topic names the same URL: parse it once.
+        self._passed: OrderedDict[tuple[str, str | None], None] = OrderedDict()
 
     @property
     def trusted_hosts(self) -> tuple[str, ...]:
@@ -144,6 +149,8 @@ class HostTrust:
         ``region`` is the signed TopicArn's region; ``None`` accepts any region (only for
         defence-in-depth re-checks by callers that have no TopicArn at hand).
         """
+        if isinstance(url, str) and (url, region) in self._passed:
+            return
         try:
             path, query, _ = self._check(url, region)
             if query:
@@ -153,6 +160,9 @@ class HostTrust:
                 raise _Refused("file name is not SimpleNotificationService-*.pem")
         except _Refused as e:
             raise TrustError(403, "untrusted_cert_url", f"{e}: {str(url)[:200]}") from None
+        self._passed[(url, region)] = None
+        if len(self._passed) > _PASSED_MAX:
+            self._passed.popitem(last=False)
 
     def check_subscribe_url(self, url: str, region: str | None) -> None:
         """Refuse (403 ``untrusted_subscribe_url``) a ``SubscribeURL`` snsd must not request."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -70,10 +70,11 @@ class MessageVerifier:
             raise
 
     def verify(self, envelope: SNSEnvelope) -> Deferred[None]:
-        """All checks, signature included; the Deferred fails with :class:`TrustError`."""
-        return ensureDeferred(self._verify(envelope))
+        """All checks, signature included; the Deferred fails with :class:`TrustError`.
 
-    async def _verify(self, envelope: SNSEnvelope) -> None:
+        With the certificate cached (every message but a topic's first) this is synchronous
+        and the Deferred has already fired.
+        """
         try:
             self._precheck(envelope)
             if not self.verify_signatures:
@@ -82,8 +83,19 @@ class MessageVerifier:
                     message_id=envelope.message_id,
                     topic=envelope.topic_arn,
                 )
-                return
+                return succeed(None)
             assert envelope.signing_cert_url is not None  # _precheck made sure
+            certificate = self._certificates.cached(envelope.signing_cert_url)
+            if certificate is not None:
+                verify_signature(envelope.fields, certificate)
+                return succeed(None)
+        except TrustError as e:
+            self._refused(envelope, e)
+            return fail(e)
+        return ensureDeferred(self._verify_fetched(envelope))
+
+    async def _verify_fetched(self, envelope: SNSEnvelope) -> None:
+        try:
             certificate = await self._certificates.fetch(envelope.signing_cert_url, envelope.region)
             verify_signature(envelope.fields, certificate)
         except TrustError as e:
