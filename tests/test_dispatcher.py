@@ -85,6 +85,8 @@ class Harness:
         return [json.loads(line) for line in self.results_path.read_text().splitlines()]
 
     async def stop(self):
+        # Let a job a test released finish here, not in a later test (metrics are process-wide).
+        await self.dispatcher.drain(30)
         self.pool.stopService()
         await self.spool.close()
         self.sink.close()
@@ -247,3 +249,4 @@ async def test_drain_gives_up_at_the_timeout(tmp_path):
     assert await draining is False
     job.release.set()
     await h.stop()
+
