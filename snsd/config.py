@@ -31,6 +31,13 @@ SETTINGS = (
     Setting("port", "SNSD_PORT", "tcp:8080", "Listening endpoint: a port number or a Twisted server endpoint string."),
     Setting("workers", "SNS_WORKER_MAX", 10, "Worker threads: the most jobs that run at once.", "int"),
     Setting(
+        "job-nice",
+        "SNSD_JOB_NICE",
+        19,
+        "Niceness added to the worker threads (0-19; Linux): under CPU contention the endpoint runs first.",
+        "int",
+    ),
+    Setting(
         "breaker-max-failures",
         "CIRCUIT_BREAKER_MAX_FAILURES",
         5,
@@ -234,6 +241,8 @@ class SNSDOptions(usage.Options):
             raise usage.UsageError("--results-bucket is required unless --dry-run is given")
         if s["basic-auth"] is not None and ":" not in s["basic-auth"]:
             raise usage.UsageError("--basic-auth must be USER:PASS")
+        if s["job-nice"] > 19:
+            raise usage.UsageError(f"--job-nice must be between 0 and 19, not {s['job-nice']}")
         if s["breaker-max-cooldown"] is not None and s["breaker-max-cooldown"] < s["breaker-cooldown"]:
             raise usage.UsageError("--breaker-max-cooldown must be at least --breaker-cooldown")
         from snsd.trust.hosts import HostTrust

@@ -171,7 +171,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         max_cooldown=settings["breaker-max-cooldown"],
         half_open_successes=settings["breaker-half-open-successes"],
     )
-    pool = WorkerPool(reactor, settings["workers"])
+    pool = WorkerPool(reactor, settings["workers"], nice=settings["job-nice"])
     spool = SQLiteSpool(reactor, settings["spool"])
     sink = make_sink(settings)
     dispatcher = Dispatcher(

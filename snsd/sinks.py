@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 
-from snsd.awsclients import ThreadLocalClients
+from snsd.awsclients import SharedClient
 
 
 class JSONLinesSink:
@@ -37,17 +37,17 @@ class JSONLinesSink:
 class S3ResultSink:
     """Writes each result as ``s3://<bucket>/<prefix><source bucket>/<source key>.dq.json``."""
 
-    def __init__(self, bucket: str, prefix: str = "dq-results/", clients: ThreadLocalClients | None = None):
+    def __init__(self, bucket: str, prefix: str = "dq-results/", client: SharedClient | None = None):
         self.bucket = bucket
         self.prefix = prefix
-        self._clients = clients or ThreadLocalClients("s3")
+        self._s3 = client or SharedClient("s3")
 
     def key_for(self, line: dict) -> str:
         return f"{self.prefix}{line['bucket']}/{line['key']}.dq.json"
 
     def write(self, line: dict) -> None:
         body = json.dumps(line, ensure_ascii=False, indent=2, default=str).encode("utf-8")
-        self._clients.get().put_object(
+        self._s3.get().put_object(
             Bucket=self.bucket, Key=self.key_for(line), Body=body, ContentType="application/json"
         )
 

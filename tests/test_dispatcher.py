@@ -1,6 +1,7 @@
 """The dispatcher: spool -> breaker -> bounded pool -> sink, with every outcome recorded."""
 
 import json
+import os
 import threading
 
 import pytest
@@ -11,7 +12,7 @@ from twisted.internet.task import Clock
 from snsd.breaker import CircuitBreaker, State
 from snsd.dispatcher import Backpressure, Dispatcher
 from snsd.envelope import parse_envelope
-from snsd.pool import WorkerPool
+from snsd.pool import CAN_NICE_THREADS, WorkerPool
 from snsd.sinks import JSONLinesSink
 from snsd.spool import SQLiteSpool
 
@@ -250,3 +251,18 @@ async def test_drain_gives_up_at_the_timeout(tmp_path):
     job.release.set()
     await h.stop()
 
+
+
+@pytest.mark.skipif(not CAN_NICE_THREADS, reason="per-thread niceness is Linux-only")
+@pytest_twisted.ensureDeferred
+async def test_jobs_run_niced_below_the_reactor(tmp_path):
+    def own_niceness(record):
+        return {"nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}
+
+    h = Harness(tmp_path, own_niceness, workers=1)
+    h.pool = h.dispatcher.pool = WorkerPool(reactor, 1, nice=7)
+    await h.start()
+    assert await (await h.track("m-1", "a")) is True
+    reactor_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert h.results()[0]["result"]["nice"] == min(19, reactor_nice + 7)
+    await h.stop()

@@ -19,6 +19,7 @@ def test_defaults():
     s = parse(["--dry-run", "--job", HEAD])
     assert s["port"] == "tcp:8080"
     assert s["workers"] == 10
+    assert s["job-nice"] == 19
     assert s["breaker-max-failures"] == 5
     assert s["breaker-cooldown"] == 60.0
     assert s["breaker-mode"] == "skip"
@@ -78,6 +79,8 @@ def test_no_verify_signatures_flag_and_env():
         (["--job", "snsd.jobs.head:nothing"], "--job"),
         (["--job", "notaspec"], "--job"),
         (["--ack", "never"], "--ack"),
+        (["--job-nice", "20"], "--job-nice"),
+        (["--job-nice", "-5"], "--job-nice"),
         (["--max-age", "7200"], "--dedup-ttl"),
         (["--basic-auth", "nocolon"], "--basic-auth"),
         (["--trusted-host", "http://evil/x"], "--trusted-host"),

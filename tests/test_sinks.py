@@ -6,6 +6,7 @@ import threading
 import boto3
 import pytest
 
+from snsd.awsclients import SharedClient
 from snsd.sinks import JSONLinesSink, S3ResultSink
 from tests.localstack_fixtures import aws_env, localstack_url  # noqa: F401 - fixtures
 
@@ -40,3 +41,16 @@ def test_s3_sink_writes_each_result_under_the_prefix(aws_env, monkeypatch):  # n
     sink.write(line)
     body = s3.get_object(Bucket="dq-results-test", Key="dq-results/incoming/dir/a b+été.csv.dq.json")["Body"].read()
     assert json.loads(body) == line
+
+
+def test_one_s3_client_is_built_once_and_shared_by_every_thread():
+    built = []
+    shared = SharedClient(factory=lambda: built.append(object()) or built[-1])
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(shared.get())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1
+    assert seen == [built[0]] * 8

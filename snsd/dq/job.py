@@ -14,7 +14,7 @@ import botocore.exceptions
 from botocore.config import Config
 from twisted.logger import Logger
 
-from snsd.awsclients import ThreadLocalClients
+from snsd.awsclients import MAX_POOL_CONNECTIONS, SharedClient
 from snsd.dq.checks import TableChecker, check_result
 from snsd.dq.formats import UnreadableError, detect_format, open_source
 from snsd.dq.profile import Profiler
@@ -23,7 +23,12 @@ from snsd.records import S3ObjectRecord
 
 log = Logger()
 
-S3_CONFIG = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 4, "mode": "standard"})
+S3_CONFIG = Config(
+    connect_timeout=5,
+    read_timeout=60,
+    retries={"max_attempts": 4, "mode": "standard"},
+    max_pool_connections=MAX_POOL_CONNECTIONS,
+)
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
@@ -72,7 +77,7 @@ class DataQualityJob:
         block_size: int | None = None,
     ):
         self.rulebook = rulebook or RuleBook()
-        self._clients = ThreadLocalClients("s3", S3_CONFIG, factory=s3_client_factory)
+        self._s3 = SharedClient("s3", S3_CONFIG, factory=s3_client_factory)
         self.block_size = block_size
 
     def __call__(self, record: S3ObjectRecord) -> dict:
@@ -134,7 +139,7 @@ class DataQualityJob:
         if record.version_id:
             kwargs["VersionId"] = record.version_id
         try:
-            return self._clients.get().get_object(**kwargs)
+            return self._s3.get().get_object(**kwargs)
         except (botocore.exceptions.ClientError, *_CONNECTION) as e:
             raise self._s3_error(e, record) from e
 

@@ -5,17 +5,17 @@ Useful as ``--job snsd.jobs.head:head_object`` when only arrival matters.
 
 from __future__ import annotations
 
-from snsd.awsclients import ThreadLocalClients
+from snsd.awsclients import SharedClient
 from snsd.records import S3ObjectRecord
 
-_clients = ThreadLocalClients("s3")
+_s3 = SharedClient("s3")
 
 
 def head_object(record: S3ObjectRecord) -> dict:
     kwargs = {"Bucket": record.bucket, "Key": record.key}
     if record.version_id:
         kwargs["VersionId"] = record.version_id
-    head = _clients.get().head_object(**kwargs)
+    head = _s3.get().head_object(**kwargs)
     return {
         "content_length": head.get("ContentLength"),
         "content_type": head.get("ContentType"),
