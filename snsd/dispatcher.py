@@ -229,7 +229,8 @@ class Dispatcher(Service):
         metrics.JOBS.labels(outcome=line["status"], verdict=verdict).inc()
         if line["status"] == "ok":
             self.breaker.succeeded(permit)
-            done = self.spool.complete(spooled.id)
+            # Lazily unless someone waits on this record (--ack after-job, a drain).
+            done = self.spool.complete(spooled.id, lazy=spooled.id not in self._waiters and not self._idle)
             ok = True
             log.debug(
                 "job ok {bucket}/{key} {verdict} in {duration_ms}ms",
@@ -254,6 +255,7 @@ class Dispatcher(Service):
                 duration_ms=line["duration_ms"],
             )
         done.addBoth(self._settled, spooled.id, ok)
+        self._pump()  # the worker is free now, whenever the spool update commits
 
     def _crashed(self, failure, spooled: SpooledRecord, permit) -> None:
         # The result could not be recorded (the sink failed): keep the record as a dead letter.

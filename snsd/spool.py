@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 # The cap bounds how long one commit keeps the reactor from answering.
 MAX_BATCH = 512
+# How long a completion may wait for company: nobody waits on it, and a later operation's
+# transaction (or this timer) takes it along.  A crash inside the window reruns the job, as any
+# crash between a result and its completion does.
+LAZY_DELAY = 0.05
 # Operations between WAL checkpoints (each a few pages of WAL; SQLite's own default is 1000 pages).
 CHECKPOINT_EVERY = 1000
 
@@ -232,8 +236,10 @@ class SQLiteSpool:
 
         return self._submit(claim)
 
-    def complete(self, record_id: int) -> Deferred:
-        return self._submit(lambda conn: conn.execute("DELETE FROM records WHERE id = ?", (record_id,)) and None)
+    def complete(self, record_id: int, lazy: bool = False) -> Deferred:
+        """The record has its result: it leaves the spool.  ``lazy`` lets the commit wait up to
+        ``LAZY_DELAY`` for other operations, saving a transaction per record at low load."""
+        return self._submit(lambda conn: conn.execute("DELETE FROM records WHERE id = ?", (record_id,)) and None, lazy)
 
     def dead_letter(self, record_id: int, reason: str, error: str | None) -> Deferred:
         """Move a record to the dead letters, with its message's envelope."""
@@ -295,7 +301,7 @@ class SQLiteSpool:
 
     # -- group commit ----------------------------------------------------------------------
 
-    def _submit(self, operation) -> Deferred:
+    def _submit(self, operation, lazy: bool = False) -> Deferred:
         if self._conn is None:
             return fail(RuntimeError("the spool is closed"))
         if self._inline:
@@ -303,9 +309,12 @@ class SQLiteSpool:
             return self._flush()[0]
         d = Deferred()
         self._queued.append((operation, d))
+        # Not now: the rest of this reactor turn's requests join the same transaction.
+        delay = LAZY_DELAY if lazy else 0
         if self._flush_call is None:
-            # Not now: the rest of this reactor turn's requests join the same transaction.
-            self._flush_call = self._reactor.callLater(0, self._flush)
+            self._flush_call = self._reactor.callLater(delay, self._flush)
+        elif not lazy and self._flush_call.getTime() > self._reactor.seconds():
+            self._flush_call.reset(0)  # a lazy flush was waiting: this operation cannot
         return d
 
     def _flush(self) -> list[Deferred]:

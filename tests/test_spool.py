@@ -124,6 +124,42 @@ async def test_checkpoints_run_off_the_reactor_every_so_many_operations(path, mo
     await spool.close()
 
 
+def fired(d):
+    """The result of a Deferred that has fired (a plain value; no reactor needed)."""
+    results = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    return results[0]
+
+
+def test_a_lazy_completion_waits_for_company_or_its_timer(path):
+    from snsd.spool import LAZY_DELAY
+
+    clock = Clock()  # the spool schedules its group commits on it
+    spool = SQLiteSpool(clock, path, clock=clock)
+    opening = spool.open()
+    clock.advance(0)
+    fired(opening)
+    adding = spool.add(envelope(), records("a", "b"))
+    clock.advance(0)
+    first, second = fired(adding)
+
+    alone = spool.complete(first, lazy=True)
+    clock.advance(0)
+    assert not alone.called  # no transaction for it alone yet
+    clock.advance(LAZY_DELAY)
+    assert fired(alone) is None
+
+    commits = spool.commits
+    with_company = spool.complete(second, lazy=True)
+    counting = spool.counts()  # not lazy: takes the completion along, in one transaction
+    clock.advance(0)
+    assert fired(with_company) is None
+    assert fired(counting) == {"records": 0, "dead_letters": 0}
+    assert spool.commits == commits + 1
+    spool.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_in_memory_spool_works_the_same():
     spool, _ = await opened(":memory:")
