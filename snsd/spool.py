@@ -130,6 +130,9 @@ class SQLiteSpool:
         self._flush_call = None
         self._since_checkpoint = 0
         self._checkpointing = False
+        # Called at the start of each group commit, so it can add operations that should see
+        # this batch's writes in the same transaction (the dispatcher's claim).
+        self.before_flush = None
         self.last_checkpoint: Deferred | None = None  # for tests: fires with (busy, wal frames, copied)
         self.commits = 0  # for tests and benchmarks: how many transactions ran
 
@@ -318,39 +321,57 @@ class SQLiteSpool:
         return d
 
     def _flush(self) -> list[Deferred]:
-        """Run the queued operations in one transaction, each in a savepoint so one failing
-        operation fails alone; fire their Deferreds once the commit is done."""
+        """Run the queued operations in one transaction; fire their Deferreds once it commits."""
+        if self.before_flush is not None and not self._inline:
+            self.before_flush()
         if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
+            self._flush_call.cancel()  # what the hook added joins this batch
         self._flush_call = None
         batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
         if self._queued:
             self._flush_call = self._reactor.callLater(0, self._flush)
-        conn = self._conn
-        outcomes = []
-        conn.execute("BEGIN IMMEDIATE")
-        for operation, d in batch:
-            conn.execute("SAVEPOINT op")
-            try:
-                outcomes.append((d, operation(conn)))
-                conn.execute("RELEASE op")
-            except Exception:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                outcomes.append((d, Failure()))
+        if not batch:
+            return []
         try:
-            conn.execute("COMMIT")
-            self.commits += 1
+            outcomes = self._transaction(batch)
         except Exception:
+            # BEGIN or COMMIT failed (a disk error, another process holding the lock past the
+            # busy timeout): every operation in the batch fails, none half-done.
             failed = Failure()
-            outcomes = [(d, failed) for d, _ in outcomes]
-            conn.execute("ROLLBACK")
+            outcomes = [(d, failed) for _, d in batch]
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
         self._since_checkpoint += len(batch)
         if self._since_checkpoint >= CHECKPOINT_EVERY and not (self._inline or self.in_memory):
             self._checkpoint()
         for d, outcome in outcomes:
             _fire(d, outcome)
         return [d for d, _ in outcomes]
+
+    def _transaction(self, batch: list) -> list:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # The common case: every operation succeeds, and per-operation savepoints would
+            # only double the statements.
+            outcomes = [(d, operation(conn)) for operation, d in batch]
+        except Exception:
+            # One failed: start again with each operation in its own savepoint, so it fails alone.
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            outcomes = []
+            for operation, d in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((d, operation(conn)))
+                    conn.execute("RELEASE op")
+                except Exception:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((d, Failure()))
+        conn.execute("COMMIT")
+        self.commits += 1
+        return outcomes
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database in a thread: the fsyncs happen there, not on the reactor."""

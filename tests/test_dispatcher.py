@@ -266,3 +266,16 @@ async def test_jobs_run_niced_below_the_reactor(tmp_path):
     reactor_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert h.results()[0]["result"]["nice"] == min(19, reactor_nice + 7)
     await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_is_spooled_and_claimed_in_one_transaction(tmp_path):
+    job = BlockingJob()
+    h = Harness(tmp_path, job, workers=1)
+    await h.start()
+    commits = h.spool.commits
+    await h.submit("m-1", "a")
+    await job.started
+    assert h.spool.commits == commits + 1  # the claim rode along with the add
+    job.release.set()
+    await h.stop()

@@ -124,6 +124,19 @@ async def test_checkpoints_run_off_the_reactor_every_so_many_operations(path, mo
     await spool.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_operation_that_fails_fails_alone_in_its_group_commit(path):
+    spool, _ = await opened(path)
+    before = spool.add(envelope("m-1"), records("a", message_id="m-1"))
+    broken = spool._submit(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+    after = spool.add(envelope("m-2"), records("b", message_id="m-2"))
+    with pytest.raises(sqlite3.OperationalError):
+        await broken
+    assert len(await before) == 1 and len(await after) == 1
+    assert await spool.counts() == {"records": 2, "dead_letters": 0}
+    await spool.close()
+
+
 def fired(d):
     """The result of a Deferred that has fired (a plain value; no reactor needed)."""
     results = []
