@@ -13,6 +13,7 @@ the pool.  That order lives in :meth:`SNSDaemon.stopService` and nowhere else.
 
 from __future__ import annotations
 
+import gc
 import signal
 
 import treq
@@ -93,6 +94,10 @@ class SNSDaemon(MultiService):
         self._pruning = LoopingCall(self.spool.prune, self.settings["dedup-ttl"])
         self._pruning.clock = self._reactor
         self._pruning.start(PRUNE_INTERVAL, now=False).addErrback(lambda f: log.failure("pruning the spool failed", f))
+        # Everything built so far (Twisted, boto3, pyarrow, the app) lives as long as the process.
+        # Frozen, the cyclic GC stops rescanning it: full collections under load took 27-45 ms of
+        # reactor time each, about once a second, and were the tail of the ingest latency.
+        gc.freeze()
         log.info("ready: {pending} records pending in {spool}", pending=recovery.pending, spool=self.spool.path)
 
     def stopService(self):
