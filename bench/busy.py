@@ -67,7 +67,7 @@ def dq_workdir(name: str, env: dict):
 
 
 def warm_up(listener, bodies, timeout=120.0):
-    """Run ``bodies`` (small objects) to completion so every worker thread has built its boto3 client."""
+    """Run ``bodies`` (small objects) to completion, so the S3 clients are built (a daemon's steady state)."""
     run_load(listener.port, bodies, 10, 1)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
