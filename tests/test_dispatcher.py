@@ -49,10 +49,10 @@ def records_of(env):
 
 
 class Harness:
-    def __init__(self, tmp_path, job, workers=3, mode="spool", max_pending=10_000, max_failures=2):
+    def __init__(self, tmp_path, job, workers=3, mode="spool", max_pending=10_000, max_failures=2, nice=0):
         self.clock = Clock()
         self.breaker = CircuitBreaker(self.clock, max_failures=max_failures, cooldown=10)
-        self.pool = WorkerPool(reactor, workers)
+        self.pool = WorkerPool(reactor, workers, nice=nice)
         self.spool = SQLiteSpool(reactor, ":memory:", clock=self.clock)
         self.results_path = tmp_path / "results.jsonl"
         self.sink = JSONLinesSink(str(self.results_path))
@@ -252,15 +252,13 @@ async def test_drain_gives_up_at_the_timeout(tmp_path):
     await h.stop()
 
 
-
 @pytest.mark.skipif(not CAN_NICE_THREADS, reason="per-thread niceness is Linux-only")
 @pytest_twisted.ensureDeferred
 async def test_jobs_run_niced_below_the_reactor(tmp_path):
     def own_niceness(record):
         return {"nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}
 
-    h = Harness(tmp_path, own_niceness, workers=1)
-    h.pool = h.dispatcher.pool = WorkerPool(reactor, 1, nice=7)
+    h = Harness(tmp_path, own_niceness, workers=1, nice=7)
     await h.start()
     assert await (await h.track("m-1", "a")) is True
     reactor_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
