@@ -31,6 +31,13 @@ SETTINGS = (
     Setting("port", "SNSD_PORT", "tcp:8080", "Listening endpoint: a port number or a Twisted server endpoint string."),
     Setting("workers", "SNS_WORKER_MAX", 10, "Worker threads: the most jobs that run at once.", "int"),
     Setting(
+        "job-processes",
+        "SNSD_JOB_PROCESSES",
+        None,
+        "Processes the built-in data-quality job runs in (default: one per core); 0 runs it in the worker threads.",
+        "int",
+    ),
+    Setting(
         "job-nice",
         "SNSD_JOB_NICE",
         19,
@@ -253,7 +260,14 @@ class SNSDOptions(usage.Options):
                 check(s[flag])
             except ValueError as e:
                 raise usage.UsageError(f"--{flag}: {e}") from None
+        builtin = s["job"] is None
         s["job"] = load_job(s["job"], s["rules"])
+        if s["job-processes"] is None:
+            s["job-processes"] = os.cpu_count() or 1
+        if builtin and s["job-processes"] > 0:
+            from snsd.dq.processes import ProcessPoolJob
+
+            s["job"] = ProcessPoolJob(s["rules"], s["job-processes"], nice=s["job-nice"])
 
 
 def load_job(spec: str | None, rules: str | None) -> Callable:

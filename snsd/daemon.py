@@ -132,6 +132,9 @@ class SNSDaemon(MultiService):
         yield self.http.stopService()
         yield self.spool.close()
         self.pool.stop(join=finished)
+        close_job = getattr(self.dispatcher.job, "close", None)
+        if close_job is not None:
+            close_job()  # the data-quality worker processes, if any
         self.sink.close()
         # The children are stopped here, in this order; MultiService.stopService would stop
         # them all again, at once.

@@ -52,6 +52,10 @@ class JobError(Exception):
         self.kind = kind
         self.message = message
 
+    def __reduce__(self):
+        # Crosses from a data-quality worker process (snsd.dq.processes) intact.
+        return (type(self), (self.kind, self.message))
+
 
 class _Body:
     """The StreamingBody, remembering an S3/network failure mid-stream so it is not mistaken for bad data

@@ -1,0 +1,105 @@
+"""The data-quality job in worker processes, against a real LocalStack: same results as in a
+thread, errors that keep their kind, and a pool that survives a killed child."""
+
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+import boto3
+import pytest
+
+from snsd.config import SNSDOptions
+from snsd.dq.job import DataQualityJob, JobError, make_job
+from snsd.dq.processes import ProcessPoolJob
+from snsd.records import S3ObjectRecord
+from tests.localstack_fixtures import aws_env, localstack_url  # noqa: F401 - fixtures
+from tests.test_dq_job import PEOPLE_RULES
+
+BUCKET = "dq-processes"
+
+
+@pytest.fixture
+def s3(aws_env, monkeypatch):  # noqa: F811
+    # Set before the children are spawned: they inherit the environment, not monkeypatch.
+    for name, value in aws_env.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture
+def rules(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(PEOPLE_RULES)
+    return str(path)
+
+
+def put(s3, key: str, body: bytes) -> S3ObjectRecord:
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    return S3ObjectRecord(bucket=BUCKET, key=key, size=len(body))
+
+
+@pytest.mark.localstack
+def test_a_job_in_a_process_gives_the_result_the_thread_gives(s3, rules):
+    record = put(s3, "people.csv", b"id,age\n1,30\n2,200\n2,40\n")
+    job = ProcessPoolJob(rules, processes=1)
+    try:
+        in_process = job(record)
+    finally:
+        job.close()
+    in_thread = make_job(rules)(record)
+    assert in_process["verdict"] == in_thread["verdict"] == "failed"
+    assert in_process["checks"] == in_thread["checks"]
+    assert in_process["rows"] == 3
+
+
+@pytest.mark.localstack
+def test_a_job_error_keeps_its_kind_across_the_process_boundary(s3, rules):
+    job = ProcessPoolJob(rules, processes=1)
+    try:
+        with pytest.raises(JobError) as raised:
+            job(S3ObjectRecord(bucket=BUCKET, key="no/such/key.csv"))
+    finally:
+        job.close()
+    assert raised.value.kind == "s3_not_found"
+
+
+@pytest.mark.localstack
+def test_a_killed_child_fails_its_job_and_the_next_job_gets_a_new_one(s3, rules):
+    record = put(s3, "ok.csv", b"id,age\n1,30\n")
+    job = ProcessPoolJob(rules, processes=1)
+    try:
+        assert job(record)["verdict"] == "passed"
+        (child,) = job._executor._processes.values()
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        with pytest.raises(BrokenProcessPool):
+            job(record)
+        assert job(record)["verdict"] == "passed"
+    finally:
+        job.close()
+    with pytest.raises(RuntimeError):
+        job(record)
+
+
+def parse(*args):
+    options = SNSDOptions(environ={})
+    options.parseOptions(["--dry-run", *args])
+    return options.settings
+
+
+def test_the_built_in_job_runs_in_one_process_per_core_by_default():
+    settings = parse()
+    assert isinstance(settings["job"], ProcessPoolJob)
+    assert settings["job"].processes == settings["job-processes"] == (os.cpu_count() or 1)
+    assert settings["job"].nice == settings["job-nice"]
+
+
+def test_job_processes_0_runs_the_built_in_job_in_the_threads():
+    assert isinstance(parse("--job-processes", "0")["job"], DataQualityJob)
+
+
+def test_a_custom_job_always_runs_in_the_threads():
+    settings = parse("--job", "snsd.jobs.head:head_object", "--job-processes", "2")
+    assert settings["job"].__name__ == "head_object"
