@@ -41,7 +41,7 @@ SETTINGS = (
         "job-nice",
         "SNSD_JOB_NICE",
         19,
-        "Niceness added to the worker threads (0-19; Linux): under CPU contention the endpoint runs first.",
+        "Niceness added to job threads and processes (0-19; Linux): under CPU contention the endpoint runs first.",
         "int",
     ),
     Setting(

@@ -164,6 +164,9 @@ class SQLiteSpool:
             return succeed(None)
         if self._queued:
             self._flush()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         self._conn.close()
         self._conn = None
         return succeed(None)
