@@ -23,6 +23,14 @@ log = Logger()
 SKIP, REJECT, SPOOL = "skip", "reject", "spool"
 BREAKER_MODES = (SKIP, REJECT, SPOOL)
 
+# Sub-millisecond jobs gain nothing from running side by side: under the GIL they cannot, and
+# each extra busy thread makes the reactor wait for the GIL (bench/load.py, trivial job: about
+# +25 % requests/s with one at a time).  While recent jobs averaged under SHORT_JOB, one job runs
+# at a time; one still running after LONG_JOB lifts the limit at once, so a slow job cannot hold
+# up the rest.  Real data-quality jobs take far longer and always get every worker.
+SHORT_JOB = 0.001
+LONG_JOB = 0.01
+
 
 class Backpressure(Exception):
     """Too many records are waiting; the message is refused and nothing is recorded."""
@@ -56,6 +64,9 @@ class Dispatcher(Service):
         self.pending = 0  # records spooled and not yet claimed (or reserved by an in-flight add)
         # Not `running`: that name is Service's own started/stopped flag.
         self.jobs_running = 0
+        self._job_seconds: float | None = None  # moving average of job durations
+        self._running_since: dict[int, float] = {}  # record id -> when its job started
+        self._watchdog = None
         self.ready = False
         self.draining = False
         self._cursor = 0  # highest record id claimed since start
@@ -157,7 +168,7 @@ class Dispatcher(Service):
     def _pump(self) -> None:
         if self._claiming or self.draining or not self.ready or self.pending <= 0:
             return
-        free = self.workers - self.jobs_running
+        free = self.concurrency() - self.jobs_running
         if free <= 0:
             return
         permits = []
@@ -210,7 +221,25 @@ class Dispatcher(Service):
         metrics.DEAD_LETTERS.labels(reason="breaker_open").inc()
         self.spool.dead_letter(spooled.id, "breaker_open", None).addBoth(self._settled, spooled.id, False)
 
+    def concurrency(self) -> int:
+        """How many jobs may run at once now: ``workers``, or one while jobs are sub-millisecond."""
+        if self._job_seconds is not None and self._job_seconds < SHORT_JOB:
+            return 1
+        return self.workers
+
+    def _watch_for_long_jobs(self) -> None:
+        self._watchdog = None
+        now = self.clock.seconds()
+        if any(now - since >= LONG_JOB for since in self._running_since.values()):
+            self._job_seconds = max(self._job_seconds or 0.0, LONG_JOB)
+            self._pump()
+        elif self._running_since and self.concurrency() == 1:
+            self._watchdog = self.clock.callLater(LONG_JOB, self._watch_for_long_jobs)
+
     def _start(self, spooled: SpooledRecord, permit) -> None:
+        self._running_since[spooled.id] = self.clock.seconds()
+        if self._watchdog is None and self.concurrency() == 1:
+            self._watchdog = self.clock.callLater(LONG_JOB, self._watch_for_long_jobs)
         self.jobs_running += 1
         metrics.JOBS_RUNNING.inc()
         d = self.pool.submit(self._run_in_thread, spooled)
@@ -225,8 +254,11 @@ class Dispatcher(Service):
 
     def _finished(self, line: dict, spooled: SpooledRecord, permit) -> None:
         self.jobs_running -= 1
+        self._running_since.pop(spooled.id, None)
         metrics.JOBS_RUNNING.dec()
-        metrics.JOB_DURATION.observe(line["duration_ms"] / 1000)
+        seconds = line["duration_ms"] / 1000
+        metrics.JOB_DURATION.observe(seconds)
+        self._job_seconds = seconds if self._job_seconds is None else 0.8 * self._job_seconds + 0.2 * seconds
         verdict = verdict_of(line)
         metrics.JOBS.labels(outcome=line["status"], verdict=verdict).inc()
         if line["status"] == "ok":
@@ -262,6 +294,7 @@ class Dispatcher(Service):
     def _crashed(self, failure, spooled: SpooledRecord, permit) -> None:
         # The result could not be recorded (the sink failed): keep the record as a dead letter.
         self.jobs_running -= 1
+        self._running_since.pop(spooled.id, None)
         metrics.JOBS_RUNNING.dec()
         self.breaker.failed(permit)
         metrics.DEAD_LETTERS.labels(reason="sink_error").inc()

@@ -277,3 +277,56 @@ async def test_a_message_is_spooled_and_claimed_in_one_transaction(tmp_path):
     assert h.spool.commits == commits + 1  # the claim rode along with the add
     job.release.set()
     await h.stop()
+
+
+async def warm_up_with_short_jobs(h: Harness) -> None:
+    assert await (await h.track("warm-up", "w")) is True
+    assert h.dispatcher.concurrency() == 1  # the warm-up job took well under a millisecond
+
+
+@pytest_twisted.ensureDeferred
+async def test_sub_millisecond_jobs_run_one_at_a_time(tmp_path):
+    seen_running = []
+
+    def job(record):
+        seen_running.append(h.dispatcher.jobs_running)  # jobs handed to the pool right now
+        return {}
+
+    h = Harness(tmp_path, job, workers=4)
+    await h.start()
+    await warm_up_with_short_jobs(h)
+    h.breaker.force_open()  # hold a backlog back, then let it go at once
+    done = [await h.track(f"m-{i}", f"k{i}") for i in range(12)]
+    h.breaker.reset()
+    assert all(await defer.gatherResults(done))
+    assert len(seen_running) == 13 and max(seen_running) == 1
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_running_past_the_short_limit_lets_the_others_run(tmp_path):
+    from snsd.dispatcher import LONG_JOB
+
+    slow_started = defer.Deferred()
+    release = threading.Event()
+
+    def job(record):
+        if record.key == "slow":
+            reactor.callFromThread(slow_started.callback, None)
+            release.wait(10)
+        return {}
+
+    h = Harness(tmp_path, job, workers=4)
+    await h.start()
+    await warm_up_with_short_jobs(h)
+    slow = await h.track("m-slow", "slow")
+    await slow_started
+    fast = await h.track("m-fast", "fast")
+    assert h.dispatcher.pending == 1  # one at a time: "fast" waits behind "slow"
+    h.clock.advance(LONG_JOB)  # "slow" has now run too long to count as short
+    assert h.dispatcher.concurrency() == 4
+    assert await fast is True  # while "slow" still runs
+    assert not slow.called
+    release.set()
+    assert await slow is True
+    await h.stop()
