@@ -62,10 +62,8 @@ class Dispatcher(Service):
         self.breaker_mode = breaker_mode
         self.max_pending = max_pending
         self.pending = 0  # records spooled and not yet claimed (or reserved by an in-flight add)
-        # Not `running`: that name is Service's own started/stopped flag.
-        self.jobs_running = 0
-        self._job_seconds: float | None = None  # moving average of job durations
         self._running_since: dict[int, float] = {}  # record id -> when its job started
+        self._job_seconds: float | None = None  # moving average of job durations
         self._watchdog = None
         self.ready = False
         self.draining = False
@@ -74,6 +72,12 @@ class Dispatcher(Service):
         self._waiters: dict[int, list[Deferred]] = {}
         self._idle: list[Deferred] = []
         breaker.on_change(self._breaker_changed)
+
+    # Not `running`: that name is Service's own started/stopped flag.
+    @property
+    def jobs_running(self) -> int:
+        """Records handed to the pool whose job has not finished."""
+        return len(self._running_since)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -240,7 +244,6 @@ class Dispatcher(Service):
         self._running_since[spooled.id] = self.clock.seconds()
         if self._watchdog is None and self.concurrency() == 1:
             self._watchdog = self.clock.callLater(LONG_JOB, self._watch_for_long_jobs)
-        self.jobs_running += 1
         metrics.JOBS_RUNNING.inc()
         d = self.pool.submit(self._run_in_thread, spooled)
         d.addCallback(self._finished, spooled, permit)
@@ -253,7 +256,6 @@ class Dispatcher(Service):
         return line
 
     def _finished(self, line: dict, spooled: SpooledRecord, permit) -> None:
-        self.jobs_running -= 1
         self._running_since.pop(spooled.id, None)
         metrics.JOBS_RUNNING.dec()
         seconds = line["duration_ms"] / 1000
@@ -293,7 +295,6 @@ class Dispatcher(Service):
 
     def _crashed(self, failure, spooled: SpooledRecord, permit) -> None:
         # The result could not be recorded (the sink failed): keep the record as a dead letter.
-        self.jobs_running -= 1
         self._running_since.pop(spooled.id, None)
         metrics.JOBS_RUNNING.dec()
         self.breaker.failed(permit)

@@ -90,7 +90,10 @@ class CertificateStore:
         must have checked ``url`` against the host rule, as :meth:`fetch` does.
         """
         entry = self._cache.get(url)
-        if entry is None or self._clock.seconds() >= entry[1]:
+        if entry is None:
+            return None
+        if self._clock.seconds() >= entry[1]:
+            del self._cache[url]  # expired: the next fetch downloads it again
             return None
         self._cache.move_to_end(url)
         metrics.CERT_CACHE.labels(result="hit").inc()
@@ -106,15 +109,9 @@ class CertificateStore:
             self._host_trust.check_cert_url(url, region)
         except TrustError as e:
             return fail(e)
-        now = self._clock.seconds()
-        cached = self._cache.get(url)
-        if cached is not None:
-            certificate, expires_at = cached
-            if now < expires_at:
-                self._cache.move_to_end(url)
-                metrics.CERT_CACHE.labels(result="hit").inc()
-                return succeed(certificate)
-            del self._cache[url]
+        certificate = self.cached(url)
+        if certificate is not None:
+            return succeed(certificate)
         waiter: Deferred[x509.Certificate] = Deferred()
         if url in self._waiting:
             # Another message already asked for this URL: wait for its download.
