@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.logger import Logger
 
 from snsd import metrics
 from snsd.breaker import CircuitBreaker, State
 from snsd.envelope import SNSEnvelope
+from snsd.logs import Logger
 from snsd.records import S3ObjectRecord
 from snsd.results import run_job, verdict_of
 from snsd.spool import SpooledRecord
@@ -262,7 +262,7 @@ class Dispatcher(Service):
         metrics.JOB_DURATION.observe(seconds)
         self._job_seconds = seconds if self._job_seconds is None else 0.8 * self._job_seconds + 0.2 * seconds
         verdict = verdict_of(line)
-        metrics.JOBS.labels(outcome=line["status"], verdict=verdict).inc()
+        metrics.jobs(line["status"], verdict).inc()
         if line["status"] == "ok":
             self.breaker.succeeded(permit)
             # Lazily unless someone waits on this record (--ack after-job, a drain).

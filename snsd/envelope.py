@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import orjson
+
 NOTIFICATION = "Notification"
 SUBSCRIPTION_CONFIRMATION = "SubscriptionConfirmation"
 UNSUBSCRIBE_CONFIRMATION = "UnsubscribeConfirmation"
@@ -56,8 +58,8 @@ class SNSEnvelope:
 def parse_envelope(body: bytes, type_header: str | None = None) -> SNSEnvelope:
     """Parse an SNS POST body; raise :class:`BadEnvelope` with a short reason if unusable."""
     try:
-        fields = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+        fields = orjson.loads(body)
+    except ValueError:  # orjson.JSONDecodeError, for bad UTF-8 too
         raise BadEnvelope("body is not JSON") from None
     if not isinstance(fields, dict):
         raise BadEnvelope("body is not a JSON object")

@@ -37,6 +37,7 @@ from twisted.logger import (
     formatEvent,
     textFileLogObserver,
 )
+from twisted.logger import Logger as _TwistedLogger
 from zope.interface import implementer
 
 TEXT, JSON = "text", "json"
@@ -50,6 +51,30 @@ THROTTLE_BURST = 5
 # not the event's own data.
 _LEGACY_KEYS = frozenset({"message", "isError", "system", "time", "format", "why", "failure", "printed"})
 _RESERVED = ("time", "level", "namespace", "message")
+
+
+# Levels configure_logging's filter drops anyway; empty until it is called, so tests see every event.
+_dropped_levels: set[LogLevel] = set()
+
+
+class Logger(_TwistedLogger):
+    """A twisted.logger Logger that skips events of a level the daemon's filter would drop.
+
+    The filter drops them too, but only after ``emit`` has built the event and the publisher
+    has passed it on: about 5 microseconds per per-message ``debug`` line on the request path,
+    where this costs one set lookup.  Used by the modules that log per message.
+    """
+
+    def emit(self, level, format=None, **kwargs):
+        if level in _dropped_levels:
+            return
+        super().emit(level, format, **kwargs)
+
+
+def _drop_below(level: LogLevel | None) -> None:
+    _dropped_levels.clear()
+    if level is not None:
+        _dropped_levels.update(other for other in LogLevel.iterconstants() if other < level)
 
 
 def _iso(seconds: float) -> str:
@@ -273,6 +298,7 @@ def configure_logging(log_format: str, *, level: LogLevel | None = None, reactor
         return observer
 
     _patch_twistd(build)
+    _drop_below(level)
     reactor.callWhenRunning(_start_periodic, reactor, throttles)
 
 
@@ -295,6 +321,7 @@ def _patch_twistd(build) -> None:
 
 def unconfigure_logging() -> None:
     """Undo :func:`configure_logging`'s hook (for tests)."""
+    _drop_below(None)
     for cls, original in _installed.pop("originals", {}).items():
         cls._getLogObserver = original
 

@@ -3,6 +3,8 @@
 They live in the default registry, which ``/metrics`` serves.
 """
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("snsd_requests_total", "SNS POSTs answered, by message type and HTTP status", ["type", "status"])
@@ -28,3 +30,21 @@ SIGNATURE_FAILURES = Counter(
 )
 CERT_CACHE = Counter("snsd_cert_cache_total", "Signing-certificate cache lookups", ["result"])
 DUPLICATES = Counter("snsd_duplicates_total", "Messages recognised as duplicates by MessageId")
+
+
+# The labelled children counted once per request or job, looked up once.  labels() validates
+# its arguments and takes a lock on every call; the children it returns are the same objects,
+# and prometheus_client keeps every one of them anyway.
+@cache
+def requests(message_type: str, status: int):
+    return REQUESTS.labels(type=message_type, status=str(status))
+
+
+@cache
+def jobs(outcome: str, verdict: str):
+    return JOBS.labels(outcome=outcome, verdict=verdict)
+
+
+@cache
+def cert_cache(result: str):
+    return CERT_CACHE.labels(result=result)

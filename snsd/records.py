@@ -9,9 +9,10 @@ gives the same key for both, and ``%2B`` stays a literal ``+``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from urllib.parse import unquote_plus
+
+import orjson
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,14 @@ class S3ObjectRecord:
     def from_dict(cls, data: dict) -> S3ObjectRecord:
         return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
 
+    def to_json(self) -> str:
+        """The record as the spool stores it."""
+        return orjson.dumps(self.to_dict()).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> S3ObjectRecord:
+        return cls.from_dict(orjson.loads(text))
+
 
 _RECORD_FIELDS = tuple(f.name for f in fields(S3ObjectRecord))
 
@@ -52,7 +61,7 @@ class ParsedMessage:
 
 def parse_s3_message(message: str, message_id: str | None = None, topic_arn: str | None = None) -> ParsedMessage:
     try:
-        event = json.loads(message)
+        event = orjson.loads(message)
     except ValueError:
         return ParsedMessage(ignored="message is not JSON")
     if not isinstance(event, dict):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import threading
 
+import orjson
+
 from snsd.awsclients import SharedClient
 
 
@@ -17,10 +19,10 @@ class JSONLinesSink:
     def __init__(self, path: str):
         self.path = path
         self._lock = threading.Lock()
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
 
     def write(self, line: dict) -> None:
-        data = json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+        data = _json_line(line)
         with self._lock:
             self._file.write(data)
             # Flushed before the record leaves the spool, so a killed process loses nothing.
@@ -32,6 +34,15 @@ class JSONLinesSink:
 
     def describe(self) -> str:
         return f"file {self.path}"
+
+
+def _json_line(line: dict) -> bytes:
+    try:
+        # orjson: a fifth of the stdlib's time, in a thread that holds the GIL while it encodes.
+        return orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # What orjson refuses and the stdlib takes (an integer past 64 bits in a custom job's result).
+        return (json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode("utf-8")
 
 
 class S3ResultSink:

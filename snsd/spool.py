@@ -24,7 +24,6 @@ dispatcher and the web layer use, so another backend (SQS, say) can stand in for
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 
@@ -177,7 +176,7 @@ class SQLiteSpool:
         """Record an accepted message and its records atomically; fires with their ids."""
         now = self._clock.seconds()
         envelope_text = envelope.raw.decode("utf-8", "replace")
-        rows = [(envelope.message_id, json.dumps(r.to_dict()), now) for r in records]
+        rows = [(envelope.message_id, r.to_json(), now) for r in records]
 
         def add(conn):
             conn.execute(
@@ -219,7 +218,7 @@ class SQLiteSpool:
             conn.executemany(
                 "INSERT INTO dead_letters (message_id, record, envelope, reason, error, failed_at, attempts)"
                 " VALUES (?, ?, ?, ?, ?, ?, 0)",
-                [(envelope.message_id, json.dumps(r.to_dict()), envelope_text, reason, error, now) for r in records],
+                [(envelope.message_id, r.to_json(), envelope_text, reason, error, now) for r in records],
             )
 
         return self._submit(add)
@@ -238,7 +237,7 @@ class SQLiteSpool:
                 (after_id, limit),
             ).fetchall()
             rows.sort()
-            return [SpooledRecord(id=i, record=S3ObjectRecord.from_dict(json.loads(r)), attempts=a) for i, r, a in rows]
+            return [SpooledRecord(id=i, record=S3ObjectRecord.from_json(r), attempts=a) for i, r, a in rows]
 
         return self._submit(claim)
 
@@ -428,7 +427,7 @@ def list_dead_letters(
         sql += " LIMIT ?"
         params.append(int(limit))
     return [
-        DeadLetter(i, m, S3ObjectRecord.from_dict(json.loads(r)), e, reason, err, t, a)
+        DeadLetter(i, m, S3ObjectRecord.from_json(r), e, reason, err, t, a)
         for i, m, r, e, reason, err, t, a in conn.execute(sql, params)
     ]
 

@@ -16,9 +16,9 @@ import json
 import math
 from io import BytesIO
 
+import orjson
 from klein import Klein
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 from snsd import metrics
@@ -31,6 +31,7 @@ from snsd.envelope import (
     parse_envelope,
     raw_delivery_envelope,
 )
+from snsd.logs import Logger
 from snsd.records import parse_s3_message
 from snsd.trust.errors import TrustError
 
@@ -119,7 +120,7 @@ class SNSEndpoint:
                 message_type=message_type,
                 peer=_peer(request),
             )
-        metrics.REQUESTS.labels(type=message_type, status=str(status)).inc()
+        metrics.requests(message_type, status).inc()
         metrics.REQUEST_LATENCY.observe(self.clock.seconds() - started)
         return _json(request, status, answer, headers)
 
@@ -344,7 +345,7 @@ class LimitedRequest(Request):
                 b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
             )
-            metrics.REQUESTS.labels(type="unknown", status="413").inc()
+            metrics.requests("unknown", 413).inc()
             log.info("refused 413 declared length {length}", length=length)
             transport.loseConnection()
             Request.gotLength(self, 0)
@@ -384,7 +385,7 @@ def _json(request, status: int, body: dict, headers: dict | None = None) -> byte
     request.setHeader("Content-Type", "application/json")
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
-    return json.dumps(body).encode("utf-8")
+    return orjson.dumps(body)
 
 
 def _peer(request) -> str:

@@ -124,6 +124,22 @@ def test_debug_is_dropped_at_the_default_level_and_shown_when_asked():
     assert lines_of(out)[0]["message_id"] == "m-1"
 
 
+def test_the_per_message_logger_skips_levels_the_configured_filter_drops():
+    from snsd import logs
+
+    seen = []
+    log = logs.Logger(namespace="snsd.web", observer=seen.append)
+    try:
+        logs._drop_below(LogLevel.info)
+        log.debug("accepted {message_id}", message_id="m-1")
+        log.info("ready")
+        assert [event["log_format"] for event in seen] == ["ready"]
+    finally:
+        logs._drop_below(None)
+    log.debug("accepted {message_id}", message_id="m-2")  # unconfigured (tests): everything passes
+    assert seen[-1]["message_id"] == "m-2"
+
+
 def test_text_format_stays_readable():
     out = io.StringIO()
     observer, _ = make_observer("text", out)

@@ -96,7 +96,7 @@ class CertificateStore:
             del self._cache[url]  # expired: the next fetch downloads it again
             return None
         self._cache.move_to_end(url)
-        metrics.CERT_CACHE.labels(result="hit").inc()
+        metrics.cert_cache("hit").inc()
         return entry[0]
 
     def fetch(self, url: str, region: str | None = None) -> Deferred[x509.Certificate]:
@@ -115,10 +115,10 @@ class CertificateStore:
         waiter: Deferred[x509.Certificate] = Deferred()
         if url in self._waiting:
             # Another message already asked for this URL: wait for its download.
-            metrics.CERT_CACHE.labels(result="hit").inc()
+            metrics.cert_cache("hit").inc()
             self._waiting[url].append(waiter)
             return waiter
-        metrics.CERT_CACHE.labels(result="miss").inc()
+        metrics.cert_cache("miss").inc()
         self._waiting[url] = [waiter]
         download = ensureDeferred(get_bounded(self._http, url, self.max_bytes, "certificate"))
         download.addTimeout(self.timeout, self._clock)
