@@ -30,6 +30,20 @@ def test_jsonl_lines_are_whole_under_concurrency(tmp_path):
     assert sorted((line["writer"], line["i"]) for line in lines) == [(n, i) for n in range(8) for i in range(50)]
 
 
+def test_jsonl_takes_any_result_a_custom_job_returns(tmp_path):
+    import datetime
+
+    sink = JSONLinesSink(str(tmp_path / "results.jsonl"))
+    sink.write({"key": "été.csv", "result": {"rows": 2**70, 3: "int key"}})  # past orjson's 64 bits
+    sink.write({"key": "b", "result": {1: "int key", "at": datetime.date(2026, 11, 29), "other": object}})
+    sink.close()
+    first, second = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text("utf-8").splitlines()]
+    assert first == {"key": "été.csv", "result": {"rows": 2**70, "3": "int key"}}
+    assert second["result"]["1"] == "int key"
+    assert second["result"]["at"] == "2026-11-29"
+    assert second["result"]["other"] == str(object)
+
+
 @pytest.mark.localstack
 def test_s3_sink_writes_each_result_under_the_prefix(aws_env, monkeypatch):  # noqa: F811
     for name, value in aws_env.items():
