@@ -19,6 +19,7 @@ from io import BytesIO
 import orjson
 from klein import Klein
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from snsd import metrics
@@ -362,9 +363,33 @@ class LimitedRequest(Request):
         Request.handleContentChunk(self, data)
 
 
+class SNSChannel(HTTPChannel):
+    """HTTP/1.1 that remembers what a connection cannot change.
+
+    Twisted asks for the local address on every request (a getsockname system call), and Klein
+    asks twice per request whether the transport is TLS (a zope adapter lookup each time).
+    Plain HTTPChannel, not Twisted's HTTP/2-negotiating wrapper: SNS speaks HTTP/1.1.
+    """
+
+    _host = None
+    _secure = None
+
+    def getHost(self):
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def isSecure(self):
+        if self._secure is None:
+            self._secure = super().isSecure()
+        return self._secure
+
+
 class QuietSite(Site):
     """No access-log line per request: under a burst it would be one line per message. Requests are
     counted in /metrics and tallied in the periodic activity line instead."""
+
+    protocol = SNSChannel
 
     def log(self, request):
         pass

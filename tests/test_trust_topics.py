@@ -54,3 +54,14 @@ def test_any_pattern_may_match():
 def test_patterns_that_are_not_arns_are_configuration_errors(pattern):
     with pytest.raises(ValueError):
         TopicAllowList([pattern])
+
+
+def test_answers_stay_right_and_memory_bounded_under_a_flood_of_invented_topics():
+    from snsd.trust import topics
+
+    allow = TopicAllowList(["arn:aws:sns:*:1:up-*"])
+    for i in range(3 * topics._MEMO_MAX):
+        assert allow.allows(f"arn:aws:sns:r:1:up-{i}")
+        assert not allow.allows(f"arn:aws:sns:r:2:up-{i}")
+    assert len(allow._memo) <= topics._MEMO_MAX
+    assert allow.allows("arn:aws:sns:r:1:up-0") and not allow.allows("arn:aws:sns:r:2:up-0")

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable
 
 _ARN_FIELDS = 6
+# Answers remembered per topic; bounded because a sender can make up any number of topic names.
+_MEMO_MAX = 1024
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -27,6 +29,7 @@ class TopicAllowList:
         cleaned = tuple(p.strip() for p in patterns if p.strip())
         self._patterns = cleaned
         self._compiled = tuple(_compile(p) for p in cleaned)
+        self._memo: dict[str, bool] = {}
 
     @property
     def open(self) -> bool:
@@ -38,6 +41,11 @@ class TopicAllowList:
         return self._patterns
 
     def allows(self, topic_arn: str) -> bool:
-        if self.open:
-            return True
-        return any(p.fullmatch(topic_arn) for p in self._compiled)
+        # Asked for every message, and deliveries come from a handful of topics.
+        answer = self._memo.get(topic_arn)
+        if answer is None:
+            answer = self.open or any(p.fullmatch(topic_arn) for p in self._compiled)
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[topic_arn] = answer
+        return answer

@@ -1,0 +1,35 @@
+"""The listening Site: one channel per connection, answering keep-alive requests in order."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from snsd.web import make_site
+from tests.web_harness import Snsd
+
+
+class CountingTransport(StringTransport):
+    """A connection that counts how often it is asked for its local address (a getsockname call)."""
+
+    def __init__(self):
+        super().__init__(hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        self.host_asked = 0
+
+    def getHost(self):
+        self.host_asked += 1
+        return super().getHost()
+
+
+def test_a_connection_asks_for_its_address_once_whatever_the_number_of_requests(tmp_path):
+    site = make_site(Snsd(tmp_path).endpoint)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = CountingTransport()
+    channel.makeConnection(transport)
+    for _ in range(3):
+        channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: localhost:8080\r\n\r\n")
+    responses = transport.value().split(b"HTTP/1.1 ")[1:]
+    assert [r.split(b" ", 1)[0] for r in responses] == [b"200"] * 3
+    assert all(b'{"status":"alive"}' in r for r in responses)
+    assert transport.host_asked == 1
+    channel.connectionLost(None)
