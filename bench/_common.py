@@ -252,8 +252,8 @@ def start_baseline(workdir: Path, *args: str, job="bench_jobs:trivial", env=None
     return Listener("baseline", argv, workdir, env)
 
 
-def start_floor(workdir: Path):
-    return Listener("floor", [sys.executable, str(BENCH / "floor.py"), "--port", "0"], workdir)
+def start_floor(workdir: Path, *args: str):
+    return Listener("floor", [sys.executable, str(BENCH / "floor.py"), "--port", "0", *args], workdir)
 
 
 def workdir(name: str) -> Path:
