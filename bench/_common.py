@@ -272,6 +272,35 @@ def result_lines(path: Path) -> list[dict]:
     return out
 
 
+class ResultCounter:
+    """Counts the lines of a growing results file, reading only what was added since last time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lines = 0
+        self._offset = 0
+
+    def count(self) -> int:
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            # Only whole lines: a line being written is counted once its newline lands.
+            whole = data.rfind(b"\n") + 1
+            self.lines += data.count(b"\n", 0, whole)
+            self._offset += whole
+        return self.lines
+
+    def wait_for(self, expected: int, timeout: float = 300.0) -> float:
+        """Poll until ``expected`` lines are there; the perf_counter time they were seen."""
+        deadline = time.perf_counter() + timeout
+        while self.count() < expected:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{self.path}: {self.lines} result lines after {timeout:.0f} s, expected {expected}")
+            time.sleep(0.005)
+        return time.perf_counter()
+
+
 # -- the load generator ------------------------------------------------------------------------
 
 
@@ -380,6 +409,8 @@ class LoadResult:
     statuses: dict
     generator_cpu: float  # CPU seconds used by the generator processes
     server_cpu: float
+    started: float = 0.0  # perf_counter of the first request (CLOCK_MONOTONIC: the same in every process)
+    sustained: float | None = None  # set by bench/load.py: requests per second until the last result
 
     @property
     def rate(self) -> float:
@@ -426,5 +457,6 @@ def run_load(port: int, bodies: list[bytes], concurrency: int, processes: int = 
         latencies.extend(lat)
         for k, v in st.items():
             statuses[k] = statuses.get(k, 0) + v
-    seconds = max(r[1] for r in results) - min(r[0] for r in results)
-    return LoadResult(len(latencies), seconds, latencies, statuses, sum(r[4] for r in results), server_cpu)
+    started = min(r[0] for r in results)
+    seconds = max(r[1] for r in results) - started
+    return LoadResult(len(latencies), seconds, latencies, statuses, sum(r[4] for r in results), server_cpu, started)

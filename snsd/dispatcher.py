@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.python.failure import Failure
 
 from snsd import metrics
 from snsd.breaker import CircuitBreaker, State
@@ -24,11 +25,18 @@ SKIP, REJECT, SPOOL = "skip", "reject", "spool"
 BREAKER_MODES = (SKIP, REJECT, SPOOL)
 
 # Sub-millisecond jobs gain nothing from running side by side: under the GIL they cannot, and
-# each extra busy thread makes the reactor wait for the GIL (bench/load.py, trivial job: about
-# +25 % requests/s with one at a time).  While recent jobs averaged under SHORT_JOB, one job runs
-# at a time; one still running after LONG_JOB lifts the limit at once, so a slow job cannot hold
-# up the rest.  Real data-quality jobs take far longer and always get every worker.
+# each extra busy thread makes the reactor wait for the GIL.  Handed to the pool one by one they
+# starve instead: every hand-off costs the reactor a claim, a thread wake-up and a callback, and
+# waits a reactor turn for each, which under ingest load takes milliseconds (bench/load.py, c=32:
+# 165 of 3000 jobs had run when the 3000 requests were answered).  So while recent jobs averaged
+# under SHORT_JOB, they go to the pool in batches, one batch at a time: one claim and one hand-off
+# for as many records as take about BATCH_SECONDS (at most BATCH_MAX), run one after another in
+# one worker thread.  A batch still running after LONG_JOB lifts the limit at once, so a slow job
+# holds up only the rest of its own batch.  Real data-quality jobs take far longer: one record
+# per hand-off, every worker busy.
 SHORT_JOB = 0.001
+BATCH_SECONDS = 0.005
+BATCH_MAX = 64
 LONG_JOB = 0.01
 
 
@@ -63,6 +71,7 @@ class Dispatcher(Service):
         self.max_pending = max_pending
         self.pending = 0  # records spooled and not yet claimed (or reserved by an in-flight add)
         self._running_since: dict[int, float] = {}  # record id -> when its job started
+        self._handoffs = 0  # pool calls in flight, each running one record or a batch of short ones
         self._job_seconds: float | None = None  # moving average of job durations
         self._watchdog = None
         self.ready = False
@@ -172,7 +181,7 @@ class Dispatcher(Service):
     def _pump(self) -> None:
         if self._claiming or self.draining or not self.ready or self.pending <= 0:
             return
-        free = self.concurrency() - self.jobs_running
+        free = (self.concurrency() - self._handoffs) * self.batch_size()
         if free <= 0:
             return
         permits = []
@@ -206,8 +215,10 @@ class Dispatcher(Service):
                 for spooled in batch:
                     self._skip_spooled(spooled)
             else:
-                for spooled, permit in zip(batch, permits, strict=False):
-                    self._start(spooled, permit)
+                started = list(zip(batch, permits, strict=False))
+                size = self.batch_size()
+                for i in range(0, len(started), size):
+                    self._start(started[i : i + size])
                 for permit in permits[len(batch) :]:
                     self.breaker.release(permit)
             if batch:
@@ -225,11 +236,18 @@ class Dispatcher(Service):
         metrics.DEAD_LETTERS.labels(reason="breaker_open").inc()
         self.spool.dead_letter(spooled.id, "breaker_open", None).addBoth(self._settled, spooled.id, False)
 
+    def _short_jobs(self) -> bool:
+        return self._job_seconds is not None and self._job_seconds < SHORT_JOB
+
     def concurrency(self) -> int:
-        """How many jobs may run at once now: ``workers``, or one while jobs are sub-millisecond."""
-        if self._job_seconds is not None and self._job_seconds < SHORT_JOB:
+        """How many pool calls may run at once now: ``workers``, or one batch while jobs are sub-millisecond."""
+        return 1 if self._short_jobs() else self.workers
+
+    def batch_size(self) -> int:
+        """Records per pool call: one, or while jobs are sub-millisecond, about BATCH_SECONDS' worth."""
+        if not self._short_jobs():
             return 1
-        return self.workers
+        return max(1, min(BATCH_MAX, int(BATCH_SECONDS / max(self._job_seconds, 1e-6))))
 
     def _watch_for_long_jobs(self) -> None:
         self._watchdog = None
@@ -240,20 +258,46 @@ class Dispatcher(Service):
         elif self._running_since and self.concurrency() == 1:
             self._watchdog = self.clock.callLater(LONG_JOB, self._watch_for_long_jobs)
 
-    def _start(self, spooled: SpooledRecord, permit) -> None:
-        self._running_since[spooled.id] = self.clock.seconds()
+    def _start(self, started: list[tuple[SpooledRecord, object]]) -> None:
+        """Hand records (with their permits) to the pool in one call."""
+        now = self.clock.seconds()
+        for spooled, _ in started:
+            self._running_since[spooled.id] = now
+        self._handoffs += 1
         if self._watchdog is None and self.concurrency() == 1:
             self._watchdog = self.clock.callLater(LONG_JOB, self._watch_for_long_jobs)
-        metrics.JOBS_RUNNING.inc()
-        d = self.pool.submit(self._run_in_thread, spooled)
-        d.addCallback(self._finished, spooled, permit)
-        d.addErrback(self._crashed, spooled, permit)
+        metrics.JOBS_RUNNING.inc(len(started))
+        d = self.pool.submit(self._run_in_thread, [spooled for spooled, _ in started])
+        d.addCallbacks(self._handed_back, self._lost_in_pool, callbackArgs=(started,), errbackArgs=(started,))
 
-    def _run_in_thread(self, spooled: SpooledRecord) -> dict:
-        """Run the job and record its result; in a worker thread."""
-        line = run_job(self.job, spooled.record, spooled.attempts)
-        self.sink.write(line)
-        return line
+    def _run_in_thread(self, batch: list[SpooledRecord]) -> list:
+        """Run each record's job and record its result; in a worker thread.
+
+        Returns, per record, its result line or the Failure of writing it to the sink."""
+        outcomes = []
+        for spooled in batch:
+            line = run_job(self.job, spooled.record, spooled.attempts)
+            try:
+                self.sink.write(line)
+            except Exception:
+                outcomes.append(Failure())
+            else:
+                outcomes.append(line)
+        return outcomes
+
+    def _handed_back(self, outcomes: list, started) -> None:
+        self._handoffs -= 1
+        for (spooled, permit), outcome in zip(started, outcomes, strict=True):
+            if isinstance(outcome, Failure):
+                self._crashed(outcome, spooled, permit)
+            else:
+                self._finished(outcome, spooled, permit)
+
+    def _lost_in_pool(self, failure: Failure, started) -> None:
+        # The pool call itself failed (not a job: run_job catches those): every record in it.
+        self._handoffs -= 1
+        for spooled, permit in started:
+            self._crashed(failure, spooled, permit)
 
     def _finished(self, line: dict, spooled: SpooledRecord, permit) -> None:
         self._running_since.pop(spooled.id, None)
@@ -305,8 +349,6 @@ class Dispatcher(Service):
         )
 
     def _settled(self, outcome, record_id: int, ok: bool) -> None:
-        from twisted.python.failure import Failure
-
         if isinstance(outcome, Failure):
             log.failure("spool update for record {record_id} failed", outcome, record_id=record_id)
         for d in self._waiters.pop(record_id, ()):

@@ -285,21 +285,61 @@ async def warm_up_with_short_jobs(h: Harness) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_sub_millisecond_jobs_run_one_at_a_time(tmp_path):
-    seen_running = []
+async def test_sub_millisecond_jobs_go_to_the_pool_in_batches_one_batch_at_a_time(tmp_path):
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0}
+    threads = set()
 
     def job(record):
-        seen_running.append(h.dispatcher.jobs_running)  # jobs handed to the pool right now
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        threads.add(threading.current_thread().name)
+        with lock:
+            state["now"] -= 1
         return {}
 
     h = Harness(tmp_path, job, workers=4)
     await h.start()
     await warm_up_with_short_jobs(h)
+    size = h.dispatcher.batch_size()
+    assert size > 1
+    handoffs = []
+    submit = h.pool.submit
+    h.pool.submit = lambda fn, batch: handoffs.append(len(batch)) or submit(fn, batch)
     h.breaker.force_open()  # hold a backlog back, then let it go at once
+    threads.clear()
     done = [await h.track(f"m-{i}", f"k{i}") for i in range(12)]
     h.breaker.reset()
     assert all(await defer.gatherResults(done))
-    assert len(seen_running) == 13 and max(seen_running) == 1
+    assert handoffs == [min(size, 12 - i) for i in range(0, 12, size)]  # one claim's worth per hand-off
+    assert state["max"] == 1  # never side by side
+    assert sorted(line["key"] for line in h.results()[1:]) == sorted(f"k{i}" for i in range(12))
+    assert len(threads) <= len(handoffs)  # a batch runs in one thread
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_result_the_sink_cannot_write_dead_letters_its_record_alone_within_a_batch(tmp_path):
+    class RefusingSink:
+        def __init__(self, sink):
+            self.sink = sink
+
+        def write(self, line):
+            if line["key"] == "bad":
+                raise OSError("disk full")
+            self.sink.write(line)
+
+    h = Harness(tmp_path, lambda record: {}, workers=4)
+    h.dispatcher.sink = RefusingSink(h.sink)
+    await h.start()
+    await warm_up_with_short_jobs(h)
+    h.breaker.force_open()
+    done = [await h.track(f"m-{key}", key) for key in ("a", "bad", "c")]
+    h.breaker.reset()
+    assert [await d for d in done] == [True, False, True]
+    assert [line["key"] for line in h.results()] == ["w", "a", "c"]
+    assert await h.spool.counts() == {"records": 0, "dead_letters": 1}
     await h.stop()
 
 
