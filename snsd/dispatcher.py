@@ -181,7 +181,8 @@ class Dispatcher(Service):
     def _pump(self) -> None:
         if self._claiming or self.draining or not self.ready or self.pending <= 0:
             return
-        free = (self.concurrency() - self._handoffs) * self.batch_size()
+        # No more permits than records waiting: each unused one is acquired and released for nothing.
+        free = min((self.concurrency() - self._handoffs) * self.batch_size(), self.pending)
         if free <= 0:
             return
         permits = []
@@ -234,7 +235,7 @@ class Dispatcher(Service):
 
     def _skip_spooled(self, spooled: SpooledRecord) -> None:
         metrics.DEAD_LETTERS.labels(reason="breaker_open").inc()
-        self.spool.dead_letter(spooled.id, "breaker_open", None).addBoth(self._settled, spooled.id, False)
+        self.spool.dead_letter(spooled.id, "breaker_open", None).addBoth(self._settled, [spooled.id], False)
 
     def _short_jobs(self) -> bool:
         return self._job_seconds is not None and self._job_seconds < SHORT_JOB
@@ -287,19 +288,28 @@ class Dispatcher(Service):
 
     def _handed_back(self, outcomes: list, started) -> None:
         self._handoffs -= 1
+        succeeded = []
         for (spooled, permit), outcome in zip(started, outcomes, strict=True):
             if isinstance(outcome, Failure):
                 self._crashed(outcome, spooled, permit)
-            else:
-                self._finished(outcome, spooled, permit)
+            elif self._finished(outcome, spooled, permit):
+                succeeded.append(spooled.id)
+        if succeeded:
+            # One spool operation for the batch; committed lazily unless someone waits on a
+            # record in it (--ack after-job, a drain).
+            lazy = not self._idle and not any(record_id in self._waiters for record_id in succeeded)
+            self.spool.complete(*succeeded, lazy=lazy).addBoth(self._settled, succeeded, True)
+        self._pump()  # the worker is free now, whenever the spool update commits
 
     def _lost_in_pool(self, failure: Failure, started) -> None:
         # The pool call itself failed (not a job: run_job catches those): every record in it.
         self._handoffs -= 1
         for spooled, permit in started:
             self._crashed(failure, spooled, permit)
+        self._pump()
 
-    def _finished(self, line: dict, spooled: SpooledRecord, permit) -> None:
+    def _finished(self, line: dict, spooled: SpooledRecord, permit) -> bool:
+        """Count a job's outcome.  True: its record may leave the spool; False: it went to the dead letters."""
         self._running_since.pop(spooled.id, None)
         metrics.JOBS_RUNNING.dec()
         seconds = line["duration_ms"] / 1000
@@ -309,9 +319,6 @@ class Dispatcher(Service):
         metrics.jobs(line["status"], verdict).inc()
         if line["status"] == "ok":
             self.breaker.succeeded(permit)
-            # Lazily unless someone waits on this record (--ack after-job, a drain).
-            done = self.spool.complete(spooled.id, lazy=spooled.id not in self._waiters and not self._idle)
-            ok = True
             log.debug(
                 "job ok {bucket}/{key} {verdict} in {duration_ms}ms",
                 bucket=line["bucket"],
@@ -320,22 +327,20 @@ class Dispatcher(Service):
                 duration_ms=line["duration_ms"],
                 message_id=line["message_id"],
             )
-        else:
-            self.breaker.failed(permit)
-            metrics.DEAD_LETTERS.labels(reason="job_error").inc()
-            done = self.spool.dead_letter(spooled.id, "job_error", line["error"])
-            ok = False
-            log.warn(
-                "job failed {bucket}/{key}: {error_kind}: {error}",
-                bucket=line["bucket"],
-                key=line["key"],
-                error=line["error"],
-                error_kind=line["error_kind"],
-                message_id=line["message_id"],
-                duration_ms=line["duration_ms"],
-            )
-        done.addBoth(self._settled, spooled.id, ok)
-        self._pump()  # the worker is free now, whenever the spool update commits
+            return True
+        self.breaker.failed(permit)
+        metrics.DEAD_LETTERS.labels(reason="job_error").inc()
+        self.spool.dead_letter(spooled.id, "job_error", line["error"]).addBoth(self._settled, [spooled.id], False)
+        log.warn(
+            "job failed {bucket}/{key}: {error_kind}: {error}",
+            bucket=line["bucket"],
+            key=line["key"],
+            error=line["error"],
+            error_kind=line["error_kind"],
+            message_id=line["message_id"],
+            duration_ms=line["duration_ms"],
+        )
+        return False
 
     def _crashed(self, failure, spooled: SpooledRecord, permit) -> None:
         # The result could not be recorded (the sink failed): keep the record as a dead letter.
@@ -345,14 +350,15 @@ class Dispatcher(Service):
         metrics.DEAD_LETTERS.labels(reason="sink_error").inc()
         log.failure("recording the result of {record_id} failed", failure, record_id=spooled.id)
         self.spool.dead_letter(spooled.id, "sink_error", failure.getErrorMessage()).addBoth(
-            self._settled, spooled.id, False
+            self._settled, [spooled.id], False
         )
 
-    def _settled(self, outcome, record_id: int, ok: bool) -> None:
+    def _settled(self, outcome, record_ids: list[int], ok: bool) -> None:
         if isinstance(outcome, Failure):
-            log.failure("spool update for record {record_id} failed", outcome, record_id=record_id)
-        for d in self._waiters.pop(record_id, ()):
-            d.callback(ok)
+            log.failure("spool update for records {record_ids} failed", outcome, record_ids=record_ids)
+        for record_id in record_ids:
+            for d in self._waiters.pop(record_id, ()):
+                d.callback(ok)
         if self.jobs_running == 0 and self._idle:
             idle, self._idle = self._idle, []
             for d in idle:

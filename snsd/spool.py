@@ -241,10 +241,11 @@ class SQLiteSpool:
 
         return self._submit(claim)
 
-    def complete(self, record_id: int, lazy: bool = False) -> Deferred:
-        """The record has its result: it leaves the spool.  ``lazy`` lets the commit wait up to
-        ``LAZY_DELAY`` for other operations, saving a transaction per record at low load."""
-        return self._submit(lambda conn: conn.execute("DELETE FROM records WHERE id = ?", (record_id,)) and None, lazy)
+    def complete(self, *record_ids: int, lazy: bool = False) -> Deferred:
+        """The records have their results: they leave the spool.  ``lazy`` lets the commit wait up
+        to ``LAZY_DELAY`` for other operations, saving a transaction per record at low load."""
+        rows = [(record_id,) for record_id in record_ids]
+        return self._submit(lambda conn: conn.executemany("DELETE FROM records WHERE id = ?", rows) and None, lazy)
 
     def dead_letter(self, record_id: int, reason: str, error: str | None) -> Deferred:
         """Move a record to the dead letters, with its message's envelope."""
