@@ -71,7 +71,7 @@ async def drive(dispatcher: Dispatcher, messages, k: int, jobs: bool) -> None:
 
 
 async def main(args) -> None:
-    logs._drop_below(LogLevel.info)  # as the daemon runs: per-record debug lines are skipped
+    logs.drop_levels_below(LogLevel.info)  # as the daemon runs: per-record debug lines are skipped
     directory = Path(tempfile.mkdtemp(prefix="snsd-bench-dispatch-"))
     spool = SQLiteSpool(reactor, str(directory / "spool.sqlite3"))
     pool = WorkerPool(reactor, 10, nice=19)

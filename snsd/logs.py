@@ -71,7 +71,10 @@ class Logger(_TwistedLogger):
         super().emit(level, format, **kwargs)
 
 
-def _drop_below(level: LogLevel | None) -> None:
+def drop_levels_below(level: LogLevel | None) -> None:
+    """Make :class:`Logger` skip events less severe than ``level`` (None: skip nothing).
+
+    configure_logging sets it to the daemon's level; in-process benchmarks set it themselves."""
     _dropped_levels.clear()
     if level is not None:
         _dropped_levels.update(other for other in LogLevel.iterconstants() if other < level)
@@ -298,7 +301,7 @@ def configure_logging(log_format: str, *, level: LogLevel | None = None, reactor
         return observer
 
     _patch_twistd(build)
-    _drop_below(level)
+    drop_levels_below(level)
     reactor.callWhenRunning(_start_periodic, reactor, throttles)
 
 
@@ -321,7 +324,7 @@ def _patch_twistd(build) -> None:
 
 def unconfigure_logging() -> None:
     """Undo :func:`configure_logging`'s hook (for tests)."""
-    _drop_below(None)
+    drop_levels_below(None)
     for cls, original in _installed.pop("originals", {}).items():
         cls._getLogObserver = original
 

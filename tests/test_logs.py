@@ -130,12 +130,12 @@ def test_the_per_message_logger_skips_levels_the_configured_filter_drops():
     seen = []
     log = logs.Logger(namespace="snsd.web", observer=seen.append)
     try:
-        logs._drop_below(LogLevel.info)
+        logs.drop_levels_below(LogLevel.info)
         log.debug("accepted {message_id}", message_id="m-1")
         log.info("ready")
         assert [event["log_format"] for event in seen] == ["ready"]
     finally:
-        logs._drop_below(None)
+        logs.drop_levels_below(None)
     log.debug("accepted {message_id}", message_id="m-2")  # unconfigured (tests): everything passes
     assert seen[-1]["message_id"] == "m-2"
 
