@@ -224,9 +224,9 @@ class SQLiteSpool:
         return self._submit(add)
 
     def claim(self, after_id: int, limit: int) -> Deferred:
-        """The next ``limit`` records with id > ``after_id``, oldest first.
+        """The next ``limit`` records with id > ``after_id``, oldest first, each counting one more attempt.
 
-        Claiming writes nothing: a record stays in ``records`` until it is completed or
+        Claiming deletes nothing: a record stays in ``records`` until it is completed or
         dead-lettered, so after a crash every record still there runs again.
         """
 
