@@ -34,9 +34,14 @@ BREAKER_MODES = (SKIP, REJECT, SPOOL)
 # one worker thread.  A batch still running after LONG_JOB lifts the limit at once, so a slow job
 # holds up only the rest of its own batch.  Real data-quality jobs take far longer: one record
 # per hand-off, every worker busy.
+# A batch that is not full yet waits up to BATCH_WAIT for company, unless someone waits on a record
+# (--ack after-job, a drain): at low concurrency records arrive one or two per reactor turn, and a
+# pool call per record or two costs the reactor more than the job (bench/dispatch.py: ~50 us per
+# record in batches of two, ~20 in batches of ten).
 SHORT_JOB = 0.001
 BATCH_SECONDS = 0.005
 BATCH_MAX = 64
+BATCH_WAIT = 0.002
 LONG_JOB = 0.01
 
 
@@ -59,6 +64,7 @@ class Dispatcher(Service):
         workers: int,
         breaker_mode: str = SKIP,
         max_pending: int = 10_000,
+        batch_wait: float = BATCH_WAIT,
     ):
         self.spool = spool
         self.pool = pool
@@ -69,9 +75,12 @@ class Dispatcher(Service):
         self.workers = workers
         self.breaker_mode = breaker_mode
         self.max_pending = max_pending
+        self.batch_wait = batch_wait
         self.pending = 0  # records spooled and not yet claimed (or reserved by an in-flight add)
         self._running_since: dict[int, float] = {}  # record id -> when its job started
         self._handoffs = 0  # pool calls in flight, each running one record or a batch of short ones
+        self._fill_until: float | None = None  # when a batch that is not full stops waiting for company
+        self._fill_timer = None
         self._job_seconds: float | None = None  # moving average of job durations
         self._watchdog = None
         self.ready = False
@@ -182,8 +191,9 @@ class Dispatcher(Service):
         if self._claiming or self.draining or not self.ready or self.pending <= 0:
             return
         # No more permits than records waiting: each unused one is acquired and released for nothing.
-        free = min((self.concurrency() - self._handoffs) * self.batch_size(), self.pending)
-        if free <= 0:
+        room = (self.concurrency() - self._handoffs) * self.batch_size()
+        free = min(room, self.pending)
+        if free <= 0 or self._filling(free < room):
             return
         permits = []
         while len(permits) < free:
@@ -196,6 +206,22 @@ class Dispatcher(Service):
                 self._claim(free, permits=None)
             return
         self._claim(len(permits), permits)
+
+    def _filling(self, not_full: bool) -> bool:
+        """True while a batch of short jobs that is not full waits for more records (see BATCH_WAIT)."""
+        waited_on = bool(self._waiters or self._idle)
+        if not_full and self.batch_wait and self._short_jobs() and not waited_on and self.breaker.state is State.CLOSED:
+            now = self.clock.seconds()
+            if self._fill_until is None:
+                self._fill_until = now + self.batch_wait
+                self._fill_timer = self.clock.callLater(self.batch_wait, self._pump)
+            if now < self._fill_until:
+                return True
+        self._fill_until = None
+        if self._fill_timer is not None and self._fill_timer.active():
+            self._fill_timer.cancel()
+        self._fill_timer = None
+        return False
 
     def _claim(self, limit: int, permits) -> None:
         self._claiming = True

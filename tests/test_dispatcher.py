@@ -320,6 +320,33 @@ async def test_sub_millisecond_jobs_go_to_the_pool_in_batches_one_batch_at_a_tim
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_batch_that_is_not_full_waits_briefly_for_company_and_a_full_one_does_not(tmp_path):
+    from snsd.dispatcher import BATCH_WAIT
+
+    h = Harness(tmp_path, lambda record: {}, workers=4)
+    await h.start()
+    await warm_up_with_short_jobs(h)
+    handoffs = []
+    submit = h.pool.submit
+    h.pool.submit = lambda fn, batch: handoffs.append(len(batch)) or submit(fn, batch)
+
+    # Nobody waits on these records (the default --ack spooled): they wait for company.
+    first = await h.submit("m-1", "a")
+    second = await h.submit("m-2", "b")
+    assert handoffs == [] and h.dispatcher.pending == 2
+    h.clock.advance(BATCH_WAIT)
+    await h.dispatcher._when_done(first + second)  # what --ack after-job waits on
+    assert handoffs == [2]
+
+    # A full batch goes at once, in the transaction that spools it.
+    size = h.dispatcher.batch_size()
+    full = await h.submit("m-full", *(f"k{i}" for i in range(size)))
+    await h.dispatcher._when_done(full)
+    assert handoffs == [2, size]
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_result_the_sink_cannot_write_dead_letters_its_record_alone_within_a_batch(tmp_path):
     class RefusingSink:
         def __init__(self, sink):

@@ -117,6 +117,8 @@ class Snsd:
             workers=4,
             breaker_mode=breaker_mode,
             max_pending=max_pending,
+            # Jobs run inline and at once here; the batch wait has its own tests (test_dispatcher).
+            batch_wait=0,
         )
         self.dedup = DedupCache(self.clock)
         self.endpoint = SNSEndpoint(
