@@ -114,6 +114,7 @@ class Dispatcher(Service):
         """Stop starting jobs; fire with True once running jobs end, False at the timeout."""
         self.draining = True
         self.ready = False
+        self._stop_filling()  # nothing starts any more: no batch waits for company
         if self.jobs_running == 0:
             return succeed(True)
         done = Deferred()
@@ -217,11 +218,14 @@ class Dispatcher(Service):
                 self._fill_timer = self.clock.callLater(self.batch_wait, self._pump)
             if now < self._fill_until:
                 return True
+        self._stop_filling()
+        return False
+
+    def _stop_filling(self) -> None:
         self._fill_until = None
         if self._fill_timer is not None and self._fill_timer.active():
             self._fill_timer.cancel()
         self._fill_timer = None
-        return False
 
     def _claim(self, limit: int, permits) -> None:
         self._claiming = True

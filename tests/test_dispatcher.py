@@ -347,6 +347,22 @@ async def test_a_batch_that_is_not_full_waits_briefly_for_company_and_a_full_one
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_drain_stops_a_batch_from_waiting_for_company(tmp_path):
+    h = Harness(tmp_path, lambda record: {}, workers=4)
+    await h.start()
+    await warm_up_with_short_jobs(h)
+    await h.submit("m-1", "a")
+    waiting = [call for call in h.clock.getDelayedCalls() if call.func == h.dispatcher._pump]
+    assert len(waiting) == 1
+    assert await h.dispatcher.drain(30) is True
+    assert not waiting[0].active()
+    assert h.dispatcher.pending == 1  # still spooled, for the next start
+    h.pool.stopService()
+    await h.spool.close()
+    h.sink.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_result_the_sink_cannot_write_dead_letters_its_record_alone_within_a_batch(tmp_path):
     class RefusingSink:
         def __init__(self, sink):
