@@ -264,8 +264,12 @@ class Dispatcher(Service):
         self.spool.claim(self._cursor, limit).addCallbacks(claimed, failed)
 
     def _skip_spooled(self, spooled: SpooledRecord) -> None:
-        metrics.DEAD_LETTERS.labels(reason="breaker_open").inc()
-        self.spool.dead_letter(spooled.id, "breaker_open", None).addBoth(self._settled, [spooled.id], False)
+        self._dead_letter(spooled.id, "breaker_open", None)
+
+    def _dead_letter(self, record_id: int, reason: str, error: str | None) -> None:
+        """Move a record to the dead letters; whoever waits on it learns it failed once that commits."""
+        metrics.DEAD_LETTERS.labels(reason=reason).inc()
+        self.spool.dead_letter(record_id, reason, error).addBoth(self._settled, [record_id], False)
 
     def _short_jobs(self) -> bool:
         return self._job_seconds is not None and self._job_seconds < SHORT_JOB
@@ -359,8 +363,7 @@ class Dispatcher(Service):
             )
             return True
         self.breaker.failed(permit)
-        metrics.DEAD_LETTERS.labels(reason="job_error").inc()
-        self.spool.dead_letter(spooled.id, "job_error", line["error"]).addBoth(self._settled, [spooled.id], False)
+        self._dead_letter(spooled.id, "job_error", line["error"])
         log.warn(
             "job failed {bucket}/{key}: {error_kind}: {error}",
             bucket=line["bucket"],
@@ -377,11 +380,8 @@ class Dispatcher(Service):
         self._running_since.pop(spooled.id, None)
         metrics.JOBS_RUNNING.dec()
         self.breaker.failed(permit)
-        metrics.DEAD_LETTERS.labels(reason="sink_error").inc()
         log.failure("recording the result of {record_id} failed", failure, record_id=spooled.id)
-        self.spool.dead_letter(spooled.id, "sink_error", failure.getErrorMessage()).addBoth(
-            self._settled, [spooled.id], False
-        )
+        self._dead_letter(spooled.id, "sink_error", failure.getErrorMessage())
 
     def _settled(self, outcome, record_ids: list[int], ok: bool) -> None:
         if isinstance(outcome, Failure):
