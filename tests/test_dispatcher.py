@@ -85,6 +85,13 @@ class Harness:
     def results(self):
         return [json.loads(line) for line in self.results_path.read_text().splitlines()]
 
+    def count_handoffs(self) -> list[int]:
+        """From now on, the size of each pool call's batch, in order."""
+        handoffs = []
+        submit = self.pool.submit
+        self.pool.submit = lambda fn, batch: handoffs.append(len(batch)) or submit(fn, batch)
+        return handoffs
+
     async def stop(self):
         # Let a job a test released finish here, not in a later test (metrics are process-wide).
         await self.dispatcher.drain(30)
@@ -304,9 +311,7 @@ async def test_sub_millisecond_jobs_go_to_the_pool_in_batches_one_batch_at_a_tim
     await warm_up_with_short_jobs(h)
     size = h.dispatcher.batch_size()
     assert size > 1
-    handoffs = []
-    submit = h.pool.submit
-    h.pool.submit = lambda fn, batch: handoffs.append(len(batch)) or submit(fn, batch)
+    handoffs = h.count_handoffs()
     h.breaker.force_open()  # hold a backlog back, then let it go at once
     threads.clear()
     done = [await h.track(f"m-{i}", f"k{i}") for i in range(12)]
@@ -326,9 +331,7 @@ async def test_a_batch_that_is_not_full_waits_briefly_for_company_and_a_full_one
     h = Harness(tmp_path, lambda record: {}, workers=4)
     await h.start()
     await warm_up_with_short_jobs(h)
-    handoffs = []
-    submit = h.pool.submit
-    h.pool.submit = lambda fn, batch: handoffs.append(len(batch)) or submit(fn, batch)
+    handoffs = h.count_handoffs()
 
     # Nobody waits on these records (the default --ack spooled): they wait for company.
     first = await h.submit("m-1", "a")
