@@ -1,10 +1,11 @@
 """Wiring: builds the daemon's services from its settings, and owns the shutdown order.
 
     SNSDaemon (MultiService)
-      ├── breaker      CircuitBreaker: state machine, cooldown timer
-      ├── pool         WorkerPool: the sized thread pool jobs run on
-      ├── dispatcher   Dispatcher: spool -> breaker -> pool -> sink -> spool
-      └── http         StreamServerEndpointService(Site(SNSEndpoint))
+      ├── breaker           CircuitBreaker: state machine, cooldown timer
+      ├── pool              WorkerPool: the sized thread pool jobs run on
+      ├── dispatcher        Dispatcher: spool -> breaker -> pool -> sink -> spool
+      ├── signature-checks  SignatureChecks: RSA checks in a thread, a reactor turn at a time
+      └── http              StreamServerEndpointService(Site(SNSEndpoint))
 
 ``MultiService`` would stop its children all at once; a graceful drain needs an order:
 refuse new work, let running jobs finish (bounded), stop listening, close the spool, stop
@@ -33,6 +34,7 @@ from snsd.trust.certs import CertificateStore
 from snsd.trust.confirm import SubscriptionConfirmer
 from snsd.trust.dedup import DedupCache
 from snsd.trust.hosts import HostTrust
+from snsd.trust.offload import SignatureChecks
 from snsd.trust.topics import TopicAllowList
 from snsd.trust.verifier import MessageVerifier
 from snsd.web import SNSEndpoint, make_site
@@ -53,6 +55,7 @@ class SNSDaemon(MultiService):
         pool: WorkerPool,
         breaker: CircuitBreaker,
         http: StreamServerEndpointService,
+        checks: SignatureChecks,
         sink,
         dedup,
         settings: dict,
@@ -67,10 +70,11 @@ class SNSDaemon(MultiService):
         self.pool = pool
         self.breaker = breaker
         self.http = http
+        self.checks = checks
         self.sink = sink
         self.dedup = dedup
         self.settings = settings
-        for service in (breaker, pool, dispatcher, http):
+        for service in (breaker, pool, dispatcher, checks, http):
             service.setServiceParent(self)
 
     def startService(self):
@@ -130,6 +134,7 @@ class SNSDaemon(MultiService):
             # Nothing survives this process: log every record still owed a result.
             yield self.dispatcher.dead_letter_unstarted("drain_timeout")
         yield self.http.stopService()
+        self.checks.stopService()
         yield self.spool.close()
         self.pool.stop(join=finished)
         close_job = getattr(self.dispatcher.job, "close", None)
@@ -194,6 +199,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         max_pending=settings["max-pending"],
     )
     host_trust = HostTrust(settings["trusted-host"])
+    checks = SignatureChecks(reactor)
     verifier = MessageVerifier(
         CertificateStore(http_client, clock, host_trust),
         host_trust,
@@ -201,6 +207,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         clock,
         max_age=settings["max-age"],
         verify_signatures=settings["verify-signatures"],
+        checks=checks,
     )
     dedup = DedupCache(clock, ttl=settings["dedup-ttl"])
     endpoint = SNSEndpoint(
@@ -226,6 +233,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         pool=pool,
         breaker=breaker,
         http=http,
+        checks=checks,
         sink=sink,
         dedup=dedup,
         settings=settings,

@@ -21,7 +21,8 @@ from snsd.envelope import SNSEnvelope
 from snsd.trust.certs import CertificateStore
 from snsd.trust.errors import TrustError
 from snsd.trust.hosts import HostTrust
-from snsd.trust.signing import DIGESTS, verify_signature
+from snsd.trust.offload import check_inline
+from snsd.trust.signing import DIGESTS
 from snsd.trust.topics import TopicAllowList
 
 __all__ = ["MessageVerifier", "TrustError"]
@@ -49,6 +50,7 @@ class MessageVerifier:
         clock: IReactorTime,
         max_age: float = 3600.0,
         verify_signatures: bool = True,
+        checks=None,
     ) -> None:
         self._certificates = certificates
         self._host_trust = host_trust
@@ -56,6 +58,9 @@ class MessageVerifier:
         self._clock = clock
         self.max_age = max_age
         self.verify_signatures = verify_signatures
+        # Where the RSA check runs: inline by default; the daemon hands it to a thread
+        # (snsd.trust.offload.SignatureChecks).
+        self._check = checks.check if checks is not None else check_inline
 
     def allows_topic(self, topic_arn: str) -> bool:
         """The topic allow-list alone (for raw deliveries, which carry nothing else to check)."""
@@ -72,8 +77,9 @@ class MessageVerifier:
     def verify(self, envelope: SNSEnvelope) -> Deferred[None]:
         """All checks, signature included; the Deferred fails with :class:`TrustError`.
 
-        With the certificate cached (every message but a topic's first) this is synchronous
-        and the Deferred has already fired.
+        With the certificate cached (every message but a topic's first) and the checks inline
+        (the default), the Deferred has already fired; the daemon's checks, made in a thread,
+        fire it a reactor turn or two later.
         """
         try:
             self._precheck(envelope)
@@ -86,21 +92,25 @@ class MessageVerifier:
                 return succeed(None)
             assert envelope.signing_cert_url is not None  # _precheck made sure
             certificate = self._certificates.cached(envelope.signing_cert_url)
-            if certificate is not None:
-                verify_signature(envelope.fields, certificate)
-                return succeed(None)
         except TrustError as e:
             self._refused(envelope, e)
             return fail(e)
+        if certificate is not None:
+            return self._check(envelope.fields, certificate).addErrback(self._check_failed, envelope)
         return ensureDeferred(self._verify_fetched(envelope))
 
     async def _verify_fetched(self, envelope: SNSEnvelope) -> None:
         try:
             certificate = await self._certificates.fetch(envelope.signing_cert_url, envelope.region)
-            verify_signature(envelope.fields, certificate)
         except TrustError as e:
             self._refused(envelope, e)
             raise
+        await self._check(envelope.fields, certificate).addErrback(self._check_failed, envelope)
+
+    def _check_failed(self, failure, envelope: SNSEnvelope):
+        failure.trap(TrustError)
+        self._refused(envelope, failure.value)
+        return failure
 
     def _precheck(self, envelope: SNSEnvelope) -> None:
         # Order matters: the topic first, so a stranger's POST is turned away before anything
