@@ -410,7 +410,10 @@ def _json(request, status: int, body: dict, headers: dict | None = None) -> byte
     request.setHeader("Content-Type", "application/json")
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
-    return orjson.dumps(body)
+    data = orjson.dumps(body)
+    # Without a length Twisted frames every answer as chunked: more bytes, and a second write.
+    request.setHeader("Content-Length", b"%d" % len(data))
+    return data
 
 
 def _peer(request) -> str:

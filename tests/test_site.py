@@ -33,3 +33,17 @@ def test_a_connection_asks_for_its_address_once_whatever_the_number_of_requests(
     assert all(b'{"status":"alive"}' in r for r in responses)
     assert transport.host_asked == 1
     channel.connectionLost(None)
+
+
+def test_answers_carry_their_length_and_are_not_chunked(tmp_path):
+    site = make_site(Snsd(tmp_path).endpoint)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: localhost:8080\r\n\r\n")
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404")
+    assert b"transfer-encoding" not in head.lower()
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert body == b'{"error":"not found"}'
+    channel.connectionLost(None)
