@@ -15,6 +15,9 @@ there the thread would save little CPU and add its round trip to every answer's 
 
 from __future__ import annotations
 
+import functools
+import threading
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -48,6 +51,8 @@ class SignatureChecks(Service):
     def __init__(self, reactor, threads: int = 1):
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="snsd-signatures")
+        # A daemon thread, like the job workers': it must never keep a stopping process alive.
+        self._pool.threadFactory = functools.partial(threading.Thread, daemon=True)
         self._queued: list[tuple[dict, object, Deferred]] = []
         self._hand_off_call = None
 
