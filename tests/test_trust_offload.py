@@ -1,4 +1,8 @@
-"""Signature checks handed to a thread, one batch per reactor turn (snsd.trust.offload)."""
+"""Signature checks handed to a thread, one batch per reactor turn (snsd.trust.offload).
+
+A ``task.Clock`` marks the ends of reactor turns (``clock.advance(0)``); the thread hand-off
+itself runs on the real reactor.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import pytest
 import pytest_twisted
 from prometheus_client import REGISTRY
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 
 from snsd.trust import offload
 from snsd.trust.errors import TrustError
@@ -31,8 +36,13 @@ def checked_in(monkeypatch):
 
 
 @pytest.fixture
-def checks():
-    service = SignatureChecks(reactor)
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def checks(clock):
+    service = SignatureChecks(reactor, clock=clock)
     service.startService()
     yield service
     service.stopService()
@@ -42,63 +52,92 @@ def forged(fields: dict) -> dict:
     return {**fields, "Message": fields["Message"] + " (altered)"}
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_turns_checks_go_to_one_thread_together_and_a_forgery_fails_alone(checks, checked_in):
-    genuine = [signed(notification()) for _ in range(OFFLOAD_AT + 1)]
-    asked = [checks.check(fields, CERT) for fields in genuine]
-    asked.append(checks.check(forged(signed(notification())), CERT))
-    assert not any(d.called for d in asked)  # nothing is checked during the turn that asked
+def busy_turn(checks, clock) -> None:
+    """A turn with OFFLOAD_AT checks: the next turn's checks are batched."""
+    for _ in range(OFFLOAD_AT):
+        checks.check(signed(notification()), CERT)
+    clock.advance(0)
+    assert checks.batching
 
+
+def test_in_a_quiet_turn_a_check_is_made_at_once_on_the_reactor(checks, clock, checked_in):
+    here = threading.current_thread().name
+    assert result_of(checks.check(signed(notification()), CERT)) is None
+    assert failure_of(checks.check(forged(signed(notification())), CERT), TrustError).reason == "bad_signature"
+    assert checked_in == [here, here]
+    clock.advance(0)
+    assert not checks.batching  # two checks in that turn: the next one is quiet too
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_busy_turn_a_turns_checks_go_to_the_thread_together(checks, clock, checked_in):
+    busy_turn(checks, clock)
+    checked_in.clear()
+    genuine = [checks.check(signed(notification()), CERT) for _ in range(OFFLOAD_AT)]
+    asked = [*genuine, checks.check(forged(signed(notification())), CERT)]
+    assert not any(d.called for d in asked)  # they wait for the end of the turn
+
+    clock.advance(0)
     outcomes = await defer.DeferredList(asked, consumeErrors=True)
 
     assert [ok for ok, _ in outcomes] == [True] * len(genuine) + [False]
-    assert outcomes[-1][1].check(TrustError)
     assert outcomes[-1][1].value.reason == "bad_signature"
     assert len(checked_in) == len(asked)
     assert all("snsd-signatures" in name for name in checked_in)
+    assert checks.batching  # still busy
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_small_batch_is_checked_on_the_reactor(checks, checked_in):
+def test_a_batch_that_turns_out_small_is_checked_on_the_reactor_and_the_next_turn_is_quiet(
+    checks, clock, checked_in
+):
+    busy_turn(checks, clock)
+    checked_in.clear()
     asked = [checks.check(signed(notification()), CERT) for _ in range(OFFLOAD_AT - 1)]
     assert not any(d.called for d in asked)
 
-    await defer.gatherResults(asked)
+    clock.advance(0)
 
+    assert [result_of(d) for d in asked] == [None] * len(asked)
     assert checked_in == [threading.current_thread().name] * len(asked)
+    assert not checks.batching
 
 
 def test_before_the_service_starts_a_check_is_made_at_once(checked_in):
-    checks = SignatureChecks(reactor)
+    checks = SignatureChecks(reactor, clock=Clock())
     assert result_of(checks.check(signed(notification()), CERT)) is None
     assert failure_of(checks.check(forged(signed(notification())), CERT), TrustError).reason == "bad_signature"
     assert len(checked_in) == 2
 
 
-def test_stopping_makes_the_checks_still_queued(checked_in):
-    checks = SignatureChecks(reactor)
-    checks.startService()
+def test_stopping_makes_the_checks_still_queued(checks, clock, checked_in):
+    busy_turn(checks, clock)
     asked = [checks.check(signed(notification()), CERT) for _ in range(OFFLOAD_AT + 1)]
+    assert not any(d.called for d in asked)
     checks.stopService()
     assert [result_of(d) for d in asked] == [None] * len(asked)
-    assert len(checked_in) == len(asked)
+    assert len(checked_in) == OFFLOAD_AT + len(asked)
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_verifier_counts_and_refuses_a_forgery_checked_in_the_thread(checks):
+async def test_the_verifier_counts_and_refuses_a_forgery_checked_in_the_thread(checks, clock, checked_in):
     h = Harness()
-    h.verifier = type(h.verifier)(
+    verifier = type(h.verifier)(
         h.verifier._certificates, h.verifier._host_trust, h.verifier._topics, h.clock, checks=checks
     )
     before = REGISTRY.get_sample_value("snsd_signature_failures_total", {"reason": "bad_signature"}) or 0.0
-    await h.verify(signed(notification()))  # fetches and caches the certificate
-    good = [h.verifier.verify(envelope(signed(notification()))) for _ in range(OFFLOAD_AT)]
-    bad = h.verifier.verify(envelope(forged(signed(notification()))))
+    verifier.verify(envelope(signed(notification())))  # fetches and caches the certificate
+    h.stub.flush()
+    busy_turn(checks, clock)
+    checked_in.clear()
+    good = [verifier.verify(envelope(signed(notification()))) for _ in range(OFFLOAD_AT)]
+    bad = verifier.verify(envelope(forged(signed(notification()))))
+    clock.advance(0)
 
     await defer.gatherResults(good)
     with pytest.raises(TrustError) as refused:
         await bad
 
     assert refused.value.reason == "bad_signature"
+    assert all("snsd-signatures" in name for name in checked_in)
     after = REGISTRY.get_sample_value("snsd_signature_failures_total", {"reason": "bad_signature"})
     assert after == before + 1

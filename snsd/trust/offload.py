@@ -7,10 +7,14 @@ reactor's thread waited for the math without the GIL, a job thread took the GIL,
 then waited again to get it back (docs/performance.md).
 
 A hand-off to a thread costs the reactor about as much as one check, so the checks asked for
-during one reactor turn go in one batch: one ``deferToThreadPool`` call for all of them.  And a
-batch of one or two (a quiet endpoint, a few concurrent deliveries) is checked on the reactor:
-there the thread would save little CPU and add its round trip to every answer's latency
-(bench/load.py at concurrency 4: -17 % requests/s when every batch went to the thread).
+during one reactor turn go in one batch: one ``deferToThreadPool`` call for all of them.  Batching
+means waiting for the end of the turn, though, and at low concurrency a turn brings one or two
+requests: there the thread would save little CPU and add its round trip to every answer's latency
+(bench/load.py at concurrency 4: -17 % requests/s when every batch went to the thread), and even
+the wait for the turn's end costs a reactor iteration per request.  So each turn's count decides
+the next turn: after a turn of fewer than OFFLOAD_AT checks they are made on the reactor at once;
+after a busier one they are batched, and a batch that turns out small is still checked on the
+reactor.
 """
 
 from __future__ import annotations
@@ -48,13 +52,17 @@ class SignatureChecks(Service):
 
     name = "signature-checks"
 
-    def __init__(self, reactor, threads: int = 1):
+    def __init__(self, reactor, threads: int = 1, clock=None):
+        """``clock`` (an IReactorTime, the reactor by default) marks the ends of reactor turns."""
         self._reactor = reactor
+        self._clock = clock or reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="snsd-signatures")
         # A daemon thread, like the job workers': it must never keep a stopping process alive.
         self._pool.threadFactory = functools.partial(threading.Thread, daemon=True)
         self._queued: list[tuple[dict, object, Deferred]] = []
-        self._hand_off_call = None
+        self._asked_this_turn = 0
+        self._end_of_turn_call = None
+        self.batching = False  # this turn's checks wait for its end (see the module docstring)
 
     def startService(self):
         Service.startService(self)
@@ -64,10 +72,11 @@ class SignatureChecks(Service):
         Service.stopService(self)
         if self._pool.started:
             self._pool.stop()
-        # Checks queued for a turn that will not come: make them now, so no request hangs.
-        if self._hand_off_call is not None and self._hand_off_call.active():
-            self._hand_off_call.cancel()
-        self._hand_off_call = None
+        # Checks queued for a turn that will not end here: make them now, so no request hangs.
+        if self._end_of_turn_call is not None and self._end_of_turn_call.active():
+            self._end_of_turn_call.cancel()
+        self._end_of_turn_call = None
+        self._asked_this_turn = 0
         queued, self._queued = self._queued, []
         for fields, certificate, d in queued:
             check_inline(fields, certificate).chainDeferred(d)
@@ -75,15 +84,20 @@ class SignatureChecks(Service):
     def check(self, fields: dict, certificate) -> Deferred[None]:
         if not self.running:
             return check_inline(fields, certificate)
+        self._asked_this_turn += 1
+        if self._end_of_turn_call is None:
+            # Runs once the rest of this turn's requests have been read.
+            self._end_of_turn_call = self._clock.callLater(0, self._end_of_turn)
+        if not self.batching:
+            return check_inline(fields, certificate)
         d: Deferred[None] = Deferred()
         self._queued.append((fields, certificate, d))
-        if self._hand_off_call is None:
-            # Not now: the rest of this turn's requests join the batch.
-            self._hand_off_call = self._reactor.callLater(0, self._hand_off)
         return d
 
-    def _hand_off(self) -> None:
-        self._hand_off_call = None
+    def _end_of_turn(self) -> None:
+        self._end_of_turn_call = None
+        self.batching = self._asked_this_turn >= OFFLOAD_AT
+        self._asked_this_turn = 0
         batch, self._queued = self._queued, []
         if len(batch) < OFFLOAD_AT:
             for fields, certificate, d in batch:
