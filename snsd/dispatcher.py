@@ -308,10 +308,20 @@ class Dispatcher(Service):
     def _run_in_thread(self, batch: list[SpooledRecord]) -> list:
         """Run each record's job and record its result; in a worker thread.
 
-        Returns, per record, its result line or the Failure of writing it to the sink."""
+        Returns, per record, its result line or the Failure of writing it to the sink.  A batch's
+        results go to the sink in one ``write_many`` call where the sink has one; if that fails,
+        each is written alone, so only a result that cannot be written fails (one written before
+        the failure may then appear twice: results are at least once, as after a crash)."""
+        lines = [run_job(self.job, spooled.record, spooled.attempts) for spooled in batch]
+        write_many = getattr(self.sink, "write_many", None)
+        if write_many is not None and len(lines) > 1:
+            try:
+                write_many(lines)
+                return lines
+            except Exception:
+                pass  # written one by one below: then only a result that cannot be written fails
         outcomes = []
-        for spooled in batch:
-            line = run_job(self.job, spooled.record, spooled.attempts)
+        for line in lines:
             try:
                 self.sink.write(line)
             except Exception:

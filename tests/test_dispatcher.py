@@ -389,6 +389,62 @@ async def test_a_result_the_sink_cannot_write_dead_letters_its_record_alone_with
     await h.stop()
 
 
+class RecordingSink:
+    """The JSON-lines sink, recording each call; ``refuse`` names keys it cannot write."""
+
+    def __init__(self, sink, refuse=()):
+        self.sink = sink
+        self.refuse = set(refuse)
+        self.calls = []
+
+    def write(self, line):
+        self.calls.append(("write", [line["key"]]))
+        if line["key"] in self.refuse:
+            raise OSError("disk full")
+        self.sink.write(line)
+
+    def write_many(self, lines):
+        self.calls.append(("write_many", [line["key"] for line in lines]))
+        if any(line["key"] in self.refuse for line in lines):
+            raise OSError("disk full")
+        self.sink.write_many(lines)
+
+
+async def run_one_batch(h: Harness, *keys):
+    """Submit each key in its own message while the breaker holds them back, so they run as one batch."""
+    h.breaker.force_open()
+    done = [await h.track(f"m-{key}", key) for key in keys]
+    h.breaker.reset()
+    return [await d for d in done]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batchs_results_go_to_the_sink_in_one_write(tmp_path):
+    h = Harness(tmp_path, lambda record: {}, workers=4)
+    sink = h.dispatcher.sink = RecordingSink(h.sink)
+    await h.start()
+    await warm_up_with_short_jobs(h)
+    sink.calls.clear()
+    assert await run_one_batch(h, "a", "b", "c") == [True, True, True]
+    assert sink.calls == [("write_many", ["a", "b", "c"])]
+    assert [line["key"] for line in h.results()] == ["w", "a", "b", "c"]
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_a_batchs_write_fails_each_result_is_written_alone(tmp_path):
+    h = Harness(tmp_path, lambda record: {}, workers=4)
+    sink = h.dispatcher.sink = RecordingSink(h.sink, refuse={"bad"})
+    await h.start()
+    await warm_up_with_short_jobs(h)
+    sink.calls.clear()
+    assert await run_one_batch(h, "a", "bad", "c") == [True, False, True]
+    assert sink.calls == [("write_many", ["a", "bad", "c"]), ("write", ["a"]), ("write", ["bad"]), ("write", ["c"])]
+    assert [line["key"] for line in h.results()] == ["w", "a", "c"]
+    assert await h.spool.counts() == {"records": 0, "dead_letters": 1}
+    await h.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_job_running_past_the_short_limit_lets_the_others_run(tmp_path):
     from snsd.dispatcher import LONG_JOB

@@ -30,6 +30,16 @@ def test_jsonl_lines_are_whole_under_concurrency(tmp_path):
     assert sorted((line["writer"], line["i"]) for line in lines) == [(n, i) for n in range(8) for i in range(50)]
 
 
+def test_jsonl_write_many_appends_every_line_and_is_on_disk_when_it_returns(tmp_path):
+    path = tmp_path / "results.jsonl"
+    sink = JSONLinesSink(str(path))
+    sink.write({"key": "first"})
+    sink.write_many([{"key": "a", "result": {"rows": 2**70}}, {"key": "b"}, {"key": "c"}])
+    # Read while the sink is still open: nothing may sit in its buffer once write_many returns.
+    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["first", "a", "b", "c"]
+    sink.close()
+
+
 def test_jsonl_takes_any_result_a_custom_job_returns(tmp_path):
     import datetime
 
