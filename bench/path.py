@@ -6,9 +6,9 @@ C keep-alive connections' worth of signed Notifications through in-memory transp
 connection sending its next request on the reactor turn after its answer is complete.  It
 prints the reactor thread's CPU per request and every other thread's, then the wall time.
 
-No kernel, no load generator and no second process share the cores, so a figure repeats within
-a few per cent where bench/load.py varies by 15-25 %: the tool for measuring a change to the
-path before confirming it over real sockets.
+No load generator and no second process share the cores, so a figure varies by about 5-10 %
+from run to run where bench/load.py varies by 15-25 %: the tool for a first look at a change to
+the path, before alternating A/B rounds over real sockets confirm it.
 
     python bench/path.py [-c 32] [-n 6000] [-- extra snsd options]
 """
