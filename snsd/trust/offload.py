@@ -36,15 +36,21 @@ OFFLOAD_AT = 3
 
 def check_inline(fields: dict, certificate) -> Deferred[None]:
     """Check on the calling thread; the Deferred has fired (or failed with TrustError) on return."""
+    failure = _check(fields, certificate)
+    return succeed(None) if failure is None else fail(failure)
+
+
+def _check(fields: dict, certificate) -> Failure | None:
     try:
         verify_signature(fields, certificate)
     except Exception:
-        return fail()
-    return succeed(None)
+        return Failure()
+    return None
 
 
 class SignatureChecks(Service):
-    """``check(fields, certificate)``, batched per reactor turn and run in a thread of its own.
+    """``check(fields, certificate)``: at once on the reactor, or after a busy turn batched and
+    made in a thread of its own.
 
     One thread: a turn's batch takes tens of microseconds per message, and batches run in order.
     Until the service starts (and after it stops) checks run inline, as :func:`check_inline`.
@@ -110,15 +116,7 @@ class SignatureChecks(Service):
 
 def _check_all(work: list) -> list:
     """In the thread: each check's outcome, None or the Failure it raised."""
-    outcomes = []
-    for fields, certificate in work:
-        try:
-            verify_signature(fields, certificate)
-        except Exception:
-            outcomes.append(Failure())
-        else:
-            outcomes.append(None)
-    return outcomes
+    return [_check(fields, certificate) for fields, certificate in work]
 
 
 def _fire_each(outcomes: list, batch: list) -> None:
