@@ -78,8 +78,8 @@ class MessageVerifier:
         """All checks, signature included; the Deferred fails with :class:`TrustError`.
 
         With the certificate cached (every message but a topic's first) and the checks inline
-        (the default), the Deferred has already fired; the daemon's checks, made in a thread,
-        fire it a reactor turn or two later.
+        (the default, and the daemon's in a quiet reactor turn), the Deferred has already fired;
+        after a busy turn the daemon's checks are made in a thread and fire it a turn or two later.
         """
         try:
             self._precheck(envelope)
