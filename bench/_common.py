@@ -206,7 +206,12 @@ class Listener:
 
 
 def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def stat_cpu(stat: Path) -> float:
+    """CPU seconds (user + system) from a /proc ``stat`` file: a process's, or one thread's (task)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -338,7 +343,7 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data):
         self.buffer += data
         while True:
-            consumed = _response_length(self.buffer)
+            consumed = response_length(self.buffer)
             if consumed is None:
                 return
             status = int(self.buffer[9:12])
@@ -354,7 +359,8 @@ class _Conn(asyncio.Protocol):
             self.statuses["dropped"] = self.statuses.get("dropped", 0) + len(self.requests) - self.i
 
 
-def _response_length(buffer: bytes) -> int | None:
+def response_length(buffer: bytes) -> int | None:
+    """The length of the first complete HTTP response in ``buffer``, or None while it is incomplete."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         return None

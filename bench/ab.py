@@ -13,7 +13,6 @@ round's requests/s and the reactor thread's CPU per request, then one summary li
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import CertServer, notifications, run_load, start_snsd, workdir  # noqa: E402
+from _common import CertServer, notifications, run_load, start_snsd, stat_cpu, workdir  # noqa: E402
 
 THIS_TREE = Path(__file__).resolve().parent.parent
 WARMUP = 300
@@ -29,8 +28,7 @@ WARMUP = 300
 
 def reactor_cpu(pid: int) -> float:
     """CPU seconds of a process's main thread (the reactor's)."""
-    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
 def checkout(other: str, scratch: Path) -> tuple[Path, bool]:

@@ -16,7 +16,6 @@ the path, before alternating A/B rounds over real sockets confirm it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from _common import JOBS_SOURCE, TOPIC, CertServer, notifications  # noqa: E402
+from _common import JOBS_SOURCE, TOPIC, CertServer, notifications, response_length, stat_cpu  # noqa: E402
 from twisted.internet import defer, reactor, task  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
@@ -43,14 +42,12 @@ def request(body: bytes) -> bytes:
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds (user + system) of each live thread, by name."""
-    ticks = os.sysconf("SC_CLK_TCK")
     cpu = {}
     for thread in threading.enumerate():
         try:
-            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu[thread.name] = stat_cpu(Path(f"/proc/self/task/{thread.native_id}/stat"))
         except OSError:
-            continue
-        cpu[thread.name] = (int(stat[11]) + int(stat[12])) / ticks
+            continue  # the thread ended meanwhile
     return cpu
 
 
@@ -87,10 +84,8 @@ class Connections:
             def write(data, channel=channel, transport=transport, write=transport.write):
                 write(data)
                 answer = transport.value()
-                head, _, body = answer.partition(b"\r\n\r\n")
-                length = head.lower().partition(b"content-length: ")[2].split(b"\r\n", 1)[0]
-                if length and len(body) >= int(length):
-                    if not head.startswith(b"HTTP/1.1 200"):
+                if response_length(answer) is not None:
+                    if not answer.startswith(b"HTTP/1.1 200"):
                         raise SystemExit(f"not a 200: {answer[:300]!r}")
                     reactor.callLater(0, send, channel, transport)  # the next request, a turn later
 
