@@ -23,20 +23,19 @@ class JSONLinesSink:
         self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
 
     def write(self, line: dict) -> None:
-        data = _json_line(line)
-        with self._lock:
-            self._file.write(data)
-            # Flushed before the record leaves the spool, so a killed process loses nothing.
-            self._file.flush()
+        self._append(_json_line(line))
 
     def write_many(self, lines: list[dict]) -> None:
         """Append a batch's results in one write and one flush.
 
         A flush is a system call, and the thread lets go of the GIL for it; one per result made
         the reactor wait to get the GIL back once per result (docs/performance.md)."""
-        data = b"".join(_json_line(line) for line in lines)
+        self._append(b"".join(_json_line(line) for line in lines))
+
+    def _append(self, data: bytes) -> None:
         with self._lock:
             self._file.write(data)
+            # Flushed before the records leave the spool, so a killed process loses nothing.
             self._file.flush()
 
     def close(self) -> None:
