@@ -286,9 +286,13 @@ async def test_a_message_is_spooled_and_claimed_in_one_transaction(tmp_path):
     await h.stop()
 
 
-async def warm_up_with_short_jobs(h: Harness) -> None:
+async def started_with_short_jobs(tmp_path, job=lambda record: {}) -> Harness:
+    """A started Harness of 4 workers that has run one sub-millisecond job ("w"), so it batches."""
+    h = Harness(tmp_path, job, workers=4)
+    await h.start()
     assert await (await h.track("warm-up", "w")) is True
     assert h.dispatcher.concurrency() == 1  # the warm-up job took well under a millisecond
+    return h
 
 
 @pytest_twisted.ensureDeferred
@@ -306,9 +310,7 @@ async def test_sub_millisecond_jobs_go_to_the_pool_in_batches_one_batch_at_a_tim
             state["now"] -= 1
         return {}
 
-    h = Harness(tmp_path, job, workers=4)
-    await h.start()
-    await warm_up_with_short_jobs(h)
+    h = await started_with_short_jobs(tmp_path, job)
     size = h.dispatcher.batch_size()
     assert size > 1
     handoffs = h.count_handoffs()
@@ -328,9 +330,7 @@ async def test_sub_millisecond_jobs_go_to_the_pool_in_batches_one_batch_at_a_tim
 async def test_a_batch_that_is_not_full_waits_briefly_for_company_and_a_full_one_does_not(tmp_path):
     from snsd.dispatcher import BATCH_WAIT
 
-    h = Harness(tmp_path, lambda record: {}, workers=4)
-    await h.start()
-    await warm_up_with_short_jobs(h)
+    h = await started_with_short_jobs(tmp_path)
     handoffs = h.count_handoffs()
 
     # Nobody waits on these records (the default --ack spooled): they wait for company.
@@ -351,9 +351,7 @@ async def test_a_batch_that_is_not_full_waits_briefly_for_company_and_a_full_one
 
 @pytest_twisted.ensureDeferred
 async def test_a_drain_stops_a_batch_from_waiting_for_company(tmp_path):
-    h = Harness(tmp_path, lambda record: {}, workers=4)
-    await h.start()
-    await warm_up_with_short_jobs(h)
+    h = await started_with_short_jobs(tmp_path)
     await h.submit("m-1", "a")
     waiting = [call for call in h.clock.getDelayedCalls() if call.func == h.dispatcher._pump]
     assert len(waiting) == 1
@@ -363,30 +361,6 @@ async def test_a_drain_stops_a_batch_from_waiting_for_company(tmp_path):
     h.pool.stopService()
     await h.spool.close()
     h.sink.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_result_the_sink_cannot_write_dead_letters_its_record_alone_within_a_batch(tmp_path):
-    class RefusingSink:
-        def __init__(self, sink):
-            self.sink = sink
-
-        def write(self, line):
-            if line["key"] == "bad":
-                raise OSError("disk full")
-            self.sink.write(line)
-
-    h = Harness(tmp_path, lambda record: {}, workers=4)
-    h.dispatcher.sink = RefusingSink(h.sink)
-    await h.start()
-    await warm_up_with_short_jobs(h)
-    h.breaker.force_open()
-    done = [await h.track(f"m-{key}", key) for key in ("a", "bad", "c")]
-    h.breaker.reset()
-    assert [await d for d in done] == [True, False, True]
-    assert [line["key"] for line in h.results()] == ["w", "a", "c"]
-    assert await h.spool.counts() == {"records": 0, "dead_letters": 1}
-    await h.stop()
 
 
 class RecordingSink:
@@ -419,12 +393,28 @@ async def run_one_batch(h: Harness, *keys):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_result_the_sink_cannot_write_dead_letters_its_record_alone_within_a_batch(tmp_path):
+    class RefusingSink:
+        def __init__(self, sink):
+            self.sink = sink
+
+        def write(self, line):
+            if line["key"] == "bad":
+                raise OSError("disk full")
+            self.sink.write(line)
+
+    h = await started_with_short_jobs(tmp_path)
+    h.dispatcher.sink = RefusingSink(h.sink)
+    assert await run_one_batch(h, "a", "bad", "c") == [True, False, True]
+    assert [line["key"] for line in h.results()] == ["w", "a", "c"]
+    assert await h.spool.counts() == {"records": 0, "dead_letters": 1}
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_batchs_results_go_to_the_sink_in_one_write(tmp_path):
-    h = Harness(tmp_path, lambda record: {}, workers=4)
+    h = await started_with_short_jobs(tmp_path)
     sink = h.dispatcher.sink = RecordingSink(h.sink)
-    await h.start()
-    await warm_up_with_short_jobs(h)
-    sink.calls.clear()
     assert await run_one_batch(h, "a", "b", "c") == [True, True, True]
     assert sink.calls == [("write_many", ["a", "b", "c"])]
     assert [line["key"] for line in h.results()] == ["w", "a", "b", "c"]
@@ -433,11 +423,8 @@ async def test_a_batchs_results_go_to_the_sink_in_one_write(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_when_a_batchs_write_fails_each_result_is_written_alone(tmp_path):
-    h = Harness(tmp_path, lambda record: {}, workers=4)
+    h = await started_with_short_jobs(tmp_path)
     sink = h.dispatcher.sink = RecordingSink(h.sink, refuse={"bad"})
-    await h.start()
-    await warm_up_with_short_jobs(h)
-    sink.calls.clear()
     assert await run_one_batch(h, "a", "bad", "c") == [True, False, True]
     assert sink.calls == [("write_many", ["a", "bad", "c"]), ("write", ["a"]), ("write", ["bad"]), ("write", ["c"])]
     assert [line["key"] for line in h.results()] == ["w", "a", "c"]
@@ -458,9 +445,7 @@ async def test_a_job_running_past_the_short_limit_lets_the_others_run(tmp_path):
             release.wait(10)
         return {}
 
-    h = Harness(tmp_path, job, workers=4)
-    await h.start()
-    await warm_up_with_short_jobs(h)
+    h = await started_with_short_jobs(tmp_path, job)
     slow = await h.track("m-slow", "slow")
     await slow_started
     fast = await h.track("m-fast", "fast")
