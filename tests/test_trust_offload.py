@@ -120,17 +120,13 @@ def test_stopping_makes_the_checks_still_queued(checks, clock, checked_in):
 
 @pytest_twisted.ensureDeferred
 async def test_the_verifier_counts_and_refuses_a_forgery_checked_in_the_thread(checks, clock, checked_in):
-    h = Harness()
-    verifier = type(h.verifier)(
-        h.verifier._certificates, h.verifier._host_trust, h.verifier._topics, h.clock, checks=checks
-    )
+    h = Harness(checks=checks)
     before = REGISTRY.get_sample_value("snsd_signature_failures_total", {"reason": "bad_signature"}) or 0.0
-    verifier.verify(envelope(signed(notification())))  # fetches and caches the certificate
-    h.stub.flush()
+    h.verify(signed(notification()))  # fetches and caches the certificate
     busy_turn(checks, clock)
     checked_in.clear()
-    good = [verifier.verify(envelope(signed(notification()))) for _ in range(OFFLOAD_AT)]
-    bad = verifier.verify(envelope(forged(signed(notification()))))
+    good = [h.verifier.verify(envelope(signed(notification()))) for _ in range(OFFLOAD_AT)]
+    bad = h.verifier.verify(envelope(forged(signed(notification()))))
     clock.advance(0)
 
     await defer.gatherResults(good)

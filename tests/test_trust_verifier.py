@@ -37,7 +37,7 @@ LOCALSTACK_CERT = make_certificate(rsa_key("localstack"), common_name="LocalStac
 
 
 class Harness:
-    def __init__(self, topics=(), trusted=(), verify_signatures=True, max_age=3600.0):
+    def __init__(self, topics=(), trusted=(), verify_signatures=True, max_age=3600.0, checks=None):
         self.clock = Clock()
         self.clock.advance(NOW.timestamp())
         self.resource = RecordingResource(
@@ -52,6 +52,7 @@ class Harness:
             self.clock,
             max_age=max_age,
             verify_signatures=verify_signatures,
+            checks=checks,
         )
 
     def verify(self, fields):
