@@ -172,6 +172,7 @@ class Listener:
         self._wait_ready()
 
     def _wait_ready(self):
+        import urllib.error
         import urllib.request
 
         deadline = time.monotonic() + 30
@@ -180,9 +181,14 @@ class Listener:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
                     if r.status == 200:
                         return
-            except Exception:
-                time.sleep(0.05)
-        # Listeners without /readyz (floor, baseline) answer 404/405: listening is enough.
+            except urllib.error.HTTPError as e:
+                # Listeners without /readyz (floor, baseline) answer 404/405: listening is enough.
+                # Only snsd's 503 (not ready yet) is worth waiting out.
+                if e.code != 503:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
 
     def cpu_seconds(self) -> float:
         return process_cpu(self.process.pid)
