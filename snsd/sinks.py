@@ -68,9 +68,7 @@ class S3ResultSink:
 
     def write(self, line: dict) -> None:
         body = json.dumps(line, ensure_ascii=False, indent=2, default=str).encode("utf-8")
-        self._s3.get().put_object(
-            Bucket=self.bucket, Key=self.key_for(line), Body=body, ContentType="application/json"
-        )
+        self._s3.get().put_object(Bucket=self.bucket, Key=self.key_for(line), Body=body, ContentType="application/json")
 
     def close(self) -> None:
         pass

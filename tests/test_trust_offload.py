@@ -87,9 +87,7 @@ async def test_after_a_busy_turn_a_turns_checks_go_to_the_thread_together(checks
     assert checks.batching  # still busy
 
 
-def test_a_batch_that_turns_out_small_is_checked_on_the_reactor_and_the_next_turn_is_quiet(
-    checks, clock, checked_in
-):
+def test_a_batch_that_turns_out_small_is_checked_on_the_reactor_and_the_next_turn_is_quiet(checks, clock, checked_in):
     busy_turn(checks, clock)
     checked_in.clear()
     asked = [checks.check(signed(notification()), CERT) for _ in range(OFFLOAD_AT - 1)]
