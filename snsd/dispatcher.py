@@ -22,6 +22,7 @@ from snsd.spool import SpooledRecord
 log = Logger()
 
 SKIP, REJECT, SPOOL = "skip", "reject", "spool"
+CLAIM_RETRY = 1.0  # seconds before a failed claim is tried again
 BREAKER_MODES = (SKIP, REJECT, SPOOL)
 
 # Sub-millisecond jobs gain nothing from running side by side: under the GIL they cannot, and
@@ -169,7 +170,9 @@ class Dispatcher(Service):
             self.pending -= len(records)
             return failure
 
-        return self.spool.add(envelope, records).addCallbacks(spooled, failed)
+        # The caller may give up (the client hangs up and Klein cancels its handler), but the
+        # write goes on and commits: the pending count must follow the write, not the caller.
+        return _detached(self.spool.add(envelope, records).addCallbacks(spooled, failed), "spooling a message")
 
     def skip(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
         """The breaker is open in ``skip`` mode: keep the records as dead letters."""
@@ -182,7 +185,10 @@ class Dispatcher(Service):
             d = Deferred()
             self._waiters.setdefault(record_id, []).append(d)
             waits.append(d)
-        return DeferredList(waits).addCallback(lambda results: all(ok and value for ok, value in results))
+        every = DeferredList(waits, consumeErrors=True).addCallback(lambda results: all(ok and v for ok, v in results))
+        # --ack after-job gives up at its timeout by cancelling what it waits on; the records'
+        # waiters must stay, or cancelling them would read as "a job failed".
+        return _detached(every, "waiting for jobs")
 
     # -- feeding the pool ------------------------------------------------------------------
 
@@ -261,7 +267,9 @@ class Dispatcher(Service):
             self._claiming = False
             for permit in permits or ():
                 self.breaker.release(permit)
-            log.failure("spool claim failed", failure)
+            log.failure("spool claim failed; trying again in {delay}s", failure, delay=CLAIM_RETRY)
+            # Nothing else may come along to pump (a quiet period): the records must not wait for it.
+            self.clock.callLater(CLAIM_RETRY, self._pump)
 
         self.spool.claim(self._cursor, limit).addCallbacks(claimed, failed)
 
@@ -407,3 +415,17 @@ class Dispatcher(Service):
                 if not d.called:
                     d.callback(True)
         self._pump()
+
+
+def _detached(source: Deferred, what: str) -> Deferred:
+    """A Deferred with ``source``'s result whose cancellation leaves ``source`` alone."""
+    copy = Deferred()
+
+    def forward(result):
+        if not copy.called:
+            copy.callback(result)
+        elif isinstance(result, Failure):
+            log.failure("{what} failed after its caller gave up", result, what=what)
+
+    source.addBoth(forward)
+    return copy

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sqlite3
 import threading
 
 import pytest
@@ -10,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
 from snsd.breaker import CircuitBreaker, State
-from snsd.dispatcher import Backpressure, Dispatcher
+from snsd.dispatcher import CLAIM_RETRY, Backpressure, Dispatcher
 from snsd.envelope import parse_envelope
 from snsd.pool import CAN_NICE_THREADS, WorkerPool
 from snsd.sinks import JSONLinesSink
@@ -176,6 +177,50 @@ async def test_spool_mode_holds_records_while_open_and_runs_them_after(tmp_path)
     h.breaker.reset()
     assert await done is True
     assert sorted(ran) == ["a", "b", "c"]
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_caller_giving_up_on_accept_leaves_the_write_and_its_count_alone(tmp_path):
+    ran = []
+    h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, workers=2)
+    await h.start()
+    h.breaker.force_open()  # spool mode: records wait, so the count can be read
+    gone = envelope("m-gone", ["gone.csv"])
+    accepted = h.dispatcher.accept(gone, records_of(gone))
+    accepted.cancel()  # what Klein does when the client hangs up while the message is spooled
+    with pytest.raises(defer.CancelledError):
+        await accepted
+    assert await h.spool.counts() == {"records": 1, "dead_letters": 0}  # the write went on
+    assert h.dispatcher.pending == 1
+    done = await h.track("m-next", "next.csv")
+    h.breaker.reset()
+    assert await done is True
+    await h.dispatcher.drain(30)
+    assert sorted(ran) == ["gone.csv", "next.csv"]
+    assert h.dispatcher.pending == 0
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_claim_is_tried_again_without_waiting_for_new_work(tmp_path):
+    ran = []
+    h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, workers=1)
+    await h.start()
+    claim, calls = h.spool.claim, []
+
+    def locked_twice(after_id, limit):
+        calls.append(limit)
+        if len(calls) <= 2:  # the pump before the message's commit and the one after it
+            return defer.fail(sqlite3.OperationalError("database is locked"))
+        return claim(after_id, limit)
+
+    h.spool.claim = locked_twice
+    done = await h.track("m-1", "a")  # spooled; any later spool operation would pump again
+    assert len(calls) == 2 and ran == [] and h.dispatcher.pending == 1
+    h.clock.advance(CLAIM_RETRY)  # nothing else happens: the retry alone must run it
+    assert await done is True
+    assert ran == ["a"]
     await h.stop()
 
 

@@ -2,11 +2,15 @@
 real RSA key, a real (in-memory) spool, and a fake clock."""
 
 import base64
+import gc
 import json
 
 import pytest
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import globalLogPublisher
 
-from tests.trust_helpers import TOPIC, notification, signed, subscription_confirmation
+from snsd.web import AFTER_JOB_WAIT
+from tests.trust_helpers import TOPIC, notification, result_of, signed, subscription_confirmation
 from tests.web_harness import CONFIRMED_ARN, Snsd, s3_message
 
 
@@ -307,6 +311,57 @@ def test_ack_after_job_answers_200_when_jobs_succeed_and_500_when_one_fails(tmp_
     fields = signed_notification("good2.csv", "bad.csv")
     assert snsd.post(fields)[0] == 500
     assert snsd.counts()["dead_letters"] == 1
+
+
+class HeldPool:
+    """Holds every job until the test lets it run."""
+
+    def __init__(self):
+        self.held = []
+
+    def submit(self, fn, *args):
+        d = Deferred()
+        self.held.append((d, fn, args))
+        return d
+
+    def run_held(self):
+        for d, fn, args in self.held:
+            d.callback(fn(*args))
+        self.held = []
+
+    def is_ready(self):
+        return True
+
+
+def test_ack_after_job_answers_503_to_jobs_still_running_and_the_job_still_reports(tmp_path):
+    unhandled = []
+
+    def observe(event):
+        failure = event.get("log_failure")
+        if failure is not None and failure.check(CancelledError):
+            unhandled.append(event)
+
+    snsd = Snsd(tmp_path, ack="after-job")
+    snsd.dispatcher.pool = pool = HeldPool()
+    globalLogPublisher.addObserver(observe)
+    try:
+        answer = snsd.client.request(
+            "POST", "http://snsd.test/", data=json.dumps(signed_notification("slow.csv")).encode()
+        )
+        snsd.flush()
+        snsd.clock.advance(AFTER_JOB_WAIT)
+        snsd.flush()
+        response = result_of(answer)
+        assert response.code == 503
+        assert json.loads(result_of(response.content())) == {"error": "jobs still running", "jobs": 1}
+        assert response.headers.getRawHeaders("Retry-After") == ["10"]
+        pool.run_held()
+        snsd.flush()
+        assert [line["key"] for line in snsd.results()] == ["slow.csv"]
+        gc.collect()  # an abandoned, failed Deferred reports "Unhandled error" when collected
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert unhandled == []
 
 
 def test_metrics_are_served(snsd):
