@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.python import usage
@@ -131,13 +132,14 @@ BY_FLAG = {s.flag: s for s in SETTINGS}
 
 
 def _describe_default(setting: Setting) -> str:
-    if setting.default is None:
-        return "none"
-    return str(setting.default)
+    if "(default" in setting.help:  # computed at startup, and the help says how
+        return ""
+    return f" (default: {'none' if setting.default is None else setting.default})"
 
 
-def _convert(setting: Setting, raw: Any) -> Any:
-    name = f"--{setting.flag}"
+def _convert(setting: Setting, raw: Any, name: str | None = None) -> Any:
+    """``raw`` as the setting's kind; ``name`` is where it came from (the flag or the variable)."""
+    name = name or f"--{setting.flag}"
     if raw is None:
         return None
     if setting.kind == "int":
@@ -169,7 +171,7 @@ def _convert(setting: Setting, raw: Any) -> Any:
             return True
         if text in FALSE:
             return False
-        raise usage.UsageError(f"{setting.env or name} must be 1/0 or true/false, not {raw!r}")
+        raise usage.UsageError(f"{name} must be 1/0 or true/false, not {raw!r}")
     if setting.kind == "list":
         if isinstance(raw, (list, tuple)):
             return tuple(raw)
@@ -200,7 +202,7 @@ class SNSDOptions(usage.Options):
         ["allow-raw-delivery", None, "Accept unsigned raw message deliveries. [SNSD_ALLOW_RAW_DELIVERY]"],
     ]
     optParameters = [
-        [s.flag, None, None, f"{s.help} [{s.env}] (default: {_describe_default(s)})"]
+        [s.flag, None, None, f"{s.help} [{s.env}]{_describe_default(s)}"]
         for s in SETTINGS
         if s.kind not in ("bool", "list")
     ]
@@ -233,15 +235,21 @@ class SNSDOptions(usage.Options):
                 given = flags[setting.flag]
             else:
                 given = self[setting.flag]
+            source = f"--{setting.flag}"
             if given is None and setting.env and setting.env in self._environ:
-                given = self._environ[setting.env]
-            self.settings[setting.flag] = setting.default if given is None else _convert(setting, given)
+                given, source = self._environ[setting.env], setting.env
+            self.settings[setting.flag] = setting.default if given is None else _convert(setting, given, source)
         self._cross_check()
 
     def _cross_check(self) -> None:
         s = self.settings
         port = str(s["port"]).strip()
         s["port"] = f"tcp:{port}" if port.isdigit() else port
+        _check_endpoint(s["port"])
+        if s["spool"] != ":memory:":
+            _check_writable_file("--spool", s["spool"])
+        if s["dry-run"]:
+            _check_writable_file("--results", s["results"])
         if s["dedup-ttl"] < s["max-age"]:
             raise usage.UsageError(f"--dedup-ttl ({s['dedup-ttl']:g}) must be at least --max-age ({s['max-age']:g})")
         if not s["dry-run"] and not s["results-bucket"]:
@@ -268,6 +276,38 @@ class SNSDOptions(usage.Options):
             from snsd.dq.processes import ProcessPoolJob
 
             s["job"] = ProcessPoolJob(s["rules"], s["job-processes"], nice=s["job-nice"])
+
+
+def _check_endpoint(description: str) -> None:
+    """Parse the listening endpoint now, so a typo is a usage error and not a traceback at start."""
+    from twisted.internet.endpoints import serverFromString
+
+    hint = "a port number (0-65535) or a Twisted endpoint string such as tcp:8080:interface=127.0.0.1"
+    try:
+        # Building an endpoint does not listen or touch the reactor, which twistd installs later.
+        endpoint = serverFromString(None, description)
+    except Exception as e:
+        raise usage.UsageError(f"--port must be {hint}, not {description!r} ({e})") from None
+    number = getattr(endpoint, "_port", None)  # TCP and SSL endpoints
+    if isinstance(number, int) and not 0 <= number <= 65535:
+        raise usage.UsageError(f"--port must be {hint}, not {description!r} (port out of range)")
+
+
+def _check_writable_file(flag: str, path: str) -> None:
+    """The daemon must be able to create or append to ``path``: say so now, not in a traceback later."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        problem = "is a directory"
+    elif not folder.is_dir():
+        problem = f"its folder {folder} does not exist"
+    elif target.exists() and not os.access(target, os.W_OK):
+        problem = "is not writable"
+    elif not target.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"its folder {folder} is not writable"
+    else:
+        return
+    raise usage.UsageError(f"{flag} {path}: {problem}")
 
 
 def load_job(spec: str | None, rules: str | None) -> Callable:

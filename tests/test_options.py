@@ -85,6 +85,14 @@ def test_no_verify_signatures_flag_and_env():
         (["--basic-auth", "nocolon"], "--basic-auth"),
         (["--trusted-host", "http://evil/x"], "--trusted-host"),
         (["--topic-arn", "not-an-arn"], "--topic-arn"),
+        (["--port", "abc"], "--port"),
+        (["--port", "-1"], "--port"),
+        (["--port", "99999"], "--port"),
+        (["--port", "tcp:notaport"], "--port"),
+        (["--spool", "/proc/no-such-folder/spool.sqlite3"], "--spool"),
+        (["--spool", "/tmp"], "--spool"),
+        (["--results", "/proc/no-such-folder/results.jsonl"], "--results"),
+        (["--results", "/tmp"], "--results"),
     ],
 )
 def test_bad_values_are_one_line_usage_errors_naming_the_option(args, names):
@@ -103,6 +111,20 @@ def test_results_bucket_required_without_dry_run():
 def test_bad_environment_value_names_the_variable():
     with pytest.raises(usage.UsageError, match="SNSD_DRY_RUN"):
         parse(["--job", HEAD], {"SNSD_DRY_RUN": "maybe"})
+
+
+def test_a_bad_environment_number_names_the_variable_not_the_flag():
+    with pytest.raises(usage.UsageError, match="^SNS_WORKER_MAX must be a whole number"):
+        parse(["--dry-run", "--job", HEAD], {"SNS_WORKER_MAX": "abc"})
+    with pytest.raises(usage.UsageError, match="^--workers must be a whole number"):
+        parse(["--dry-run", "--job", HEAD, "--workers", "abc"], {"SNS_WORKER_MAX": "4"})
+
+
+def test_help_states_each_default_once():
+    docs = {flag: doc for flag, _, _, doc in SNSDOptions.optParameters}
+    assert all(doc.count("default") == 1 for doc in docs.values()), docs
+    assert "(default: data-quality)" in docs["job"] and "(default: one per core)" in docs["job-processes"]
+    assert docs["workers"].endswith("[SNS_WORKER_MAX] (default: 10)")
 
 
 def test_help_documents_every_option_and_its_variable():
