@@ -20,8 +20,9 @@ import signal
 import treq
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -77,16 +78,35 @@ class SNSDaemon(MultiService):
         for service in (breaker, pool, dispatcher, checks, http):
             service.setServiceParent(self)
 
+    def privilegedStartService(self):
+        # twistd binds before anything starts (and before it drops privileges).  A port it cannot
+        # have ends the start here, with nothing else running, and twistd exits 1: a daemon that
+        # ran on without listening would look healthy to its supervisor and take nothing.
+        try:
+            MultiService.privilegedStartService(self)
+        except CannotListenError as e:
+            log.critical("cannot listen on {port}: {error}", port=self.settings["port"], error=e.socketError)
+            raise
+
     def startService(self):
+        if self.http._waitingForPort is None:  # started without twistd, which binds first
+            self.privilegedStartService()
+        # Before any thread starts, for the same reason: a spool that cannot be opened ends the start.
+        try:
+            opened = self.spool.open(dedup_ttl=self.settings["dedup-ttl"])
+        except Exception as e:
+            log.critical("cannot open the spool {path}: {error}", path=self.spool.path, error=e)
+            raise
         MultiService.startService(self)
         self._announce()
         # With a port of 0 the kernel picks one: say which, so scripts and tests can find it.
         self.http._waitingForPort.addCallback(self._listening)
-        opened = self.spool.open(dedup_ttl=self.settings["dedup-ttl"])
         opened.addCallback(self._recovered)
         opened.addErrback(lambda f: log.failure("could not open the spool {path}", f, path=self.spool.path))
 
     def _listening(self, port):
+        if port is None:  # the listen failed, and privilegedStartService said so
+            return None
         address = port.getHost()
         log.info("listening on {host}:{port}", host=getattr(address, "host", address), port=getattr(address, "port", 0))
         return port
@@ -95,7 +115,7 @@ class SNSDaemon(MultiService):
         for message_id, accepted_at in recovery.recent_message_ids:
             self.dedup.remember(message_id, accepted_at)
         self.dispatcher.start(recovery)
-        self._pruning = LoopingCall(self.spool.prune, self.settings["dedup-ttl"])
+        self._pruning = LoopingCall(self._prune)
         self._pruning.clock = self._reactor
         self._pruning.start(PRUNE_INTERVAL, now=False).addErrback(lambda f: log.failure("pruning the spool failed", f))
         # Everything built so far (Twisted, boto3, pyarrow, the app) lives as long as the process.
@@ -104,8 +124,20 @@ class SNSDaemon(MultiService):
         gc.freeze()
         log.info("ready: {pending} records pending in {spool}", pending=recovery.pending, spool=self.spool.path)
 
+    def _prune(self) -> Deferred:
+        # A LoopingCall whose call fails stops for good: one locked or full disk would end pruning,
+        # and the messages table would grow for the rest of the process's life.
+        return self.spool.prune(self.settings["dedup-ttl"]).addErrback(
+            lambda f: log.failure("pruning the spool failed; trying again in {interval:g}s", f, interval=PRUNE_INTERVAL)
+        )
+
     def stopService(self):
         return self._stop().addErrback(lambda f: log.failure("error while stopping", f))
+
+    @staticmethod
+    def _step(what: str, action) -> Deferred:
+        """One teardown step: if it fails, say so and go on, so every later step still runs."""
+        return maybeDeferred(action).addErrback(lambda f: log.failure("error while {what}", f, what=what))
 
     @inlineCallbacks
     def _stop(self):
@@ -132,15 +164,17 @@ class SNSDaemon(MultiService):
             )
         if self.spool.in_memory:
             # Nothing survives this process: log every record still owed a result.
-            yield self.dispatcher.dead_letter_unstarted("drain_timeout")
-        yield self.http.stopService()
-        self.checks.stopService()
-        yield self.spool.close()
-        self.pool.stop(join=finished)
+            yield self._step(
+                "logging the in-memory spool's records", lambda: self.dispatcher.dead_letter_unstarted("drain_timeout")
+            )
+        yield self._step("closing the HTTP port", self.http.stopService)
+        yield self._step("stopping the signature checks", self.checks.stopService)
+        yield self._step("closing the spool", self.spool.close)
+        yield self._step("stopping the worker pool", lambda: self.pool.stop(join=finished))
         close_job = getattr(self.dispatcher.job, "close", None)
         if close_job is not None:
-            close_job()  # the data-quality worker processes, if any
-        self.sink.close()
+            yield self._step("stopping the job processes", close_job)
+        yield self._step("closing the results sink", self.sink.close)
         # The children are stopped here, in this order; MultiService.stopService would stop
         # them all again, at once.
         for service in (self.pool, self.dispatcher, self.breaker):
@@ -225,6 +259,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         allow_raw_delivery=settings["allow-raw-delivery"],
     )
     http = StreamServerEndpointService(serverFromString(reactor, settings["port"]), make_site(endpoint))
+    http._raiseSynchronously = True  # as twisted.application.strports.service does: see privilegedStartService
     http.setName("http")
     return SNSDaemon(
         endpoint=endpoint,

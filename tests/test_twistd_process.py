@@ -40,6 +40,26 @@ def test_a_bad_option_stops_startup_with_a_usage_error_not_a_traceback(tmp_path)
     assert "Traceback" not in output
 
 
+def test_a_port_already_taken_ends_startup_with_exit_1_and_says_why(tmp_path):
+    import socket
+    import subprocess
+
+    from tests.process_helpers import TWISTD
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "snsd", "--dry-run", "--no-verify-signatures",
+             "--job", "snsd.jobs.head:head_object", "--port", f"tcp:{port}:interface=127.0.0.1"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 1
+    assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in run.stdout
+    assert "ready:" not in run.stdout
+
+
 def test_notification_with_event_json_yields_its_result_line(tmp_path):
     daemon = Daemon(tmp_path, "--no-verify-signatures", "--job", "snsd_test_jobs:echo").start()
     try:
