@@ -46,6 +46,8 @@ LEVEL_ENV = "SNSD_LOG_LEVEL"
 SUMMARY_INTERVAL = 10.0
 # Lines of one kind printed per interval before the rest are only counted.
 THROTTLE_BURST = 5
+# Twisted's namespaces for redirected standard output and error (twisted.logger._io).
+UNTHROTTLED_NAMESPACES = frozenset({"stdout", "stderr"})
 
 # Keys of a twisted.logger event (or a legacy twisted.python.log one) that are bookkeeping,
 # not the event's own data.
@@ -147,10 +149,14 @@ class JSONLinesObserver:
 class Throttle:
     """Passes the first ``burst`` events of each kind per interval; counts the rest.
 
-    An event's kind is its namespace, level and format string (``"job failed {bucket}/{key}"``),
-    so distinct messages of one kind (each failing job) share one budget.  :meth:`flush`,
+    An event's kind is its namespace, level, format string (``"job failed {bucket}/{key}"``) and
+    its ``reason`` field if it has one, so distinct messages of one kind (each failing job) share
+    one budget, while a refusal for one reason cannot hide one for another.  :meth:`flush`,
     called every interval, emits one summary event per kind that was cut short and opens a new
     interval.  Failures (events carrying a traceback) of one kind are throttled like any other.
+
+    Never throttled: ``critical`` events (each may be the only record of something lost) and
+    redirected stdout/stderr, whose lines are each a line of one text (a traceback at startup).
     """
 
     def __init__(self, observer: Callable[[dict], None], burst: int = THROTTLE_BURST, clock=None):
@@ -162,7 +168,11 @@ class Throttle:
         self._example: dict[tuple, dict] = {}
 
     def __call__(self, event: dict) -> None:
-        kind = (event.get("log_namespace"), event.get("log_level"), event.get("log_format"))
+        namespace, level = event.get("log_namespace"), event.get("log_level")
+        if level is LogLevel.critical or namespace in UNTHROTTLED_NAMESPACES:
+            self._observer(event)
+            return
+        kind = (namespace, level, event.get("log_format"), event.get("reason"))
         with self._lock:
             seen = self._seen.get(kind, 0) + 1
             self._seen[kind] = seen
@@ -176,7 +186,7 @@ class Throttle:
             cut = [(kind, self._seen[kind] - self.burst, self._example[kind]) for kind in self._example]
             self._seen = {}
             self._example = {}
-        for (namespace, level, _format), suppressed, last in cut:
+        for (namespace, level, _format, _reason), suppressed, last in cut:
             summary = {
                 "log_namespace": namespace,
                 "log_level": level or LogLevel.info,

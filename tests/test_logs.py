@@ -110,6 +110,30 @@ def test_throttle_passes_a_few_of_a_kind_then_one_summary_per_interval():
     assert seen[-1]["key"] == "again"
 
 
+def test_throttle_gives_each_reason_its_own_budget_and_never_cuts_critical_or_stderr():
+    seen = []
+    throttle = Throttle(seen.append, burst=2, clock=Clock())
+    web = Logger(namespace="snsd.web", observer=throttle)
+    for _ in range(5):
+        web.info("refused {status} {reason}", status=400, reason="body is not JSON")
+    web.info("refused {status} {reason}", status=403, reason="raw message delivery is not accepted")
+    assert [e["reason"] for e in seen] == ["body is not JSON"] * 2 + ["raw message delivery is not accepted"]
+
+    throttle.flush(10)
+    [summary] = seen[3:]
+    assert summary["suppressed"] == 3 and "body is not JSON" in event_as_dict(summary)["message"]
+
+    seen.clear()
+    dispatcher = Logger(namespace="snsd.dispatcher", observer=throttle)
+    for i in range(5):
+        dispatcher.critical("record {record_id} lost", record_id=i)
+    stderr = Logger(namespace="stderr", observer=throttle)
+    for i in range(5):
+        stderr.error("{log_io}", log_io=f"traceback line {i}")
+    assert [e.get("record_id") for e in seen[:5]] == [0, 1, 2, 3, 4]
+    assert [e.get("log_io") for e in seen[5:]] == [f"traceback line {i}" for i in range(5)]
+
+
 def test_debug_is_dropped_at_the_default_level_and_shown_when_asked():
     out = io.StringIO()
     observer, _ = make_observer("json", out, LogLevel.info)
