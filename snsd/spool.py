@@ -161,7 +161,7 @@ class SQLiteSpool:
         """Commit what is queued and close the database."""
         if self._conn is None:
             return succeed(None)
-        if self._queued:
+        while self._queued:  # a flush takes at most MAX_BATCH operations
             self._flush()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()

@@ -203,3 +203,18 @@ async def test_prune_forgets_old_finished_messages_only(path):
     await spool.close()
     rows = sqlite3.connect(path).execute("SELECT message_id FROM messages ORDER BY message_id").fetchall()
     assert rows == [("recent",), ("waiting",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_commits_every_queued_operation_not_only_the_first_batch(path):
+    from snsd.spool import MAX_BATCH
+
+    spool, _ = await opened(path)
+    adds = [spool.add(envelope(f"m-{i}"), records("k", message_id=f"m-{i}")) for i in range(MAX_BATCH + 10)]
+    await spool.close()  # in the same reactor turn: nothing has been flushed yet
+    assert all(d.called for d in adds)
+    results = await defer.gatherResults(adds)
+    assert len(results) == MAX_BATCH + 10
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (MAX_BATCH + 10,)
+    conn.close()
