@@ -63,21 +63,21 @@ def parse_envelope(body: bytes, type_header: str | None = None) -> SNSEnvelope:
         raise BadEnvelope("body is not JSON") from None
     if not isinstance(fields, dict):
         raise BadEnvelope("body is not a JSON object")
-    message_type = fields.get("Type")
-    if not isinstance(message_type, str) or not message_type:
-        raise BadEnvelope("missing field: Type")
+    message_type = _required(fields, "Type")
     if message_type not in _REQUIRED_BY_TYPE:
         raise BadEnvelope(f"unknown Type: {message_type[:64]}")
     for name in _REQUIRED_BY_TYPE[message_type]:
-        value = fields.get(name)
-        if not isinstance(value, str) or (name != "Message" and not value):
-            raise BadEnvelope(f"missing field: {name}")
+        _required(fields, name)
     if type_header is not None and type_header != message_type:
         raise BadEnvelope("x-amz-sns-message-type header does not match Type")
 
     def optional(name: str) -> str | None:
         value = fields.get(name)
-        return value if isinstance(value, str) else None
+        # A present field of the wrong type is a bad envelope, not an absent field: taking a
+        # numeric Signature for "unsigned" would answer 403 for what is malformed input.
+        if value is not None and not isinstance(value, str):
+            raise BadEnvelope(f"field {name} must be a string")
+        return value
 
     return SNSEnvelope(
         type=message_type,
@@ -95,6 +95,18 @@ def parse_envelope(body: bytes, type_header: str | None = None) -> SNSEnvelope:
         fields=fields,
         raw=body,
     )
+
+
+def _required(fields: dict, name: str) -> str:
+    """A field every envelope of its Type carries; JSON null counts as absent."""
+    value = fields.get(name)
+    if value is None:
+        raise BadEnvelope(f"missing field: {name}")
+    if not isinstance(value, str):
+        raise BadEnvelope(f"field {name} must be a string")
+    if not value and name != "Message":  # an empty Message is a valid (if useless) notification
+        raise BadEnvelope(f"field {name} is empty")
+    return value
 
 
 def raw_delivery_envelope(body: bytes, message_id: str | None, topic_arn: str | None) -> SNSEnvelope:

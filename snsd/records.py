@@ -76,34 +76,40 @@ def parse_s3_message(message: str, message_id: str | None = None, topic_arn: str
 
 
 def _parse_notification(raw_records: list, message_id: str | None, topic_arn: str | None) -> ParsedMessage:
+    # The message is signed but its content is whatever the publisher wrote: every value is
+    # type-checked, so a malformed record is "ignored" (200, never retried) rather than a 500.
     records = []
     skipped = []
     for raw in raw_records:
         if not isinstance(raw, dict):
             return ParsedMessage(ignored="malformed S3 record")
         version = str(raw.get("eventVersion", ""))
-        event_name = raw.get("eventName") or ""
+        event_name = raw.get("eventName")
         if not version.startswith("2."):
-            skipped.append(f"eventVersion {version or 'missing'}")
+            skipped.append(f"eventVersion {version[:16] or 'missing'}")
+            continue
+        if not isinstance(event_name, str):
+            skipped.append("no eventName" if event_name is None else "malformed eventName")
             continue
         if not event_name.startswith("ObjectCreated:"):
-            skipped.append(event_name or "no eventName")
+            skipped.append(event_name[:64] or "no eventName")
             continue
-        s3 = raw.get("s3")
-        bucket = (s3 or {}).get("bucket", {}).get("name") if isinstance(s3, dict) else None
-        obj = (s3 or {}).get("object") if isinstance(s3, dict) else None
-        if not isinstance(bucket, str) or not isinstance(obj, dict) or not isinstance(obj.get("key"), str):
+        s3 = _object(raw.get("s3"))
+        bucket = _text(_object(s3.get("bucket")).get("name"))
+        obj = _object(s3.get("object"))
+        key = _text(obj.get("key"))
+        if bucket is None or key is None:
             return ParsedMessage(ignored="S3 record without bucket or key")
         records.append(
             S3ObjectRecord(
                 bucket=bucket,
-                key=unquote_plus(obj["key"]),
-                version_id=obj.get("versionId") or None,
+                key=unquote_plus(key),
+                version_id=_text(obj.get("versionId")),
                 size=_int_or_none(obj.get("size")),
-                etag=obj.get("eTag") or obj.get("etag"),
-                sequencer=obj.get("sequencer"),
+                etag=_text(obj.get("eTag")) or _text(obj.get("etag")),
+                sequencer=_text(obj.get("sequencer")),
                 event_name=event_name,
-                event_time=raw.get("eventTime"),
+                event_time=_text(raw.get("eventTime")),
                 message_id=message_id,
                 topic_arn=topic_arn,
             )
@@ -119,27 +125,41 @@ def _parse_eventbridge(event: dict, message_id: str | None, topic_arn: str | Non
     detail = event.get("detail")
     if not isinstance(detail, dict):
         return ParsedMessage(ignored="EventBridge event without detail")
-    bucket = (detail.get("bucket") or {}).get("name")
-    obj = detail.get("object") or {}
-    if not isinstance(bucket, str) or not isinstance(obj.get("key"), str):
+    bucket = _text(_object(detail.get("bucket")).get("name"))
+    obj = _object(detail.get("object"))
+    key = _text(obj.get("key"))
+    if bucket is None or key is None:
         return ParsedMessage(ignored="EventBridge event without bucket or key")
     # EventBridge keys are not URL-encoded.
     record = S3ObjectRecord(
         bucket=bucket,
-        key=obj["key"],
-        version_id=obj.get("version-id") or None,
+        key=key,
+        version_id=_text(obj.get("version-id")),
         size=_int_or_none(obj.get("size")),
-        etag=obj.get("etag"),
-        sequencer=obj.get("sequencer"),
-        event_name="ObjectCreated:" + str(detail.get("reason", "PutObject")),
-        event_time=event.get("time"),
+        etag=_text(obj.get("etag")),
+        sequencer=_text(obj.get("sequencer")),
+        event_name="ObjectCreated:" + (_text(detail.get("reason")) or "PutObject"),
+        event_time=_text(event.get("time")),
         message_id=message_id,
         topic_arn=topic_arn,
     )
     return ParsedMessage(records=(record,))
 
 
+def _object(value) -> dict:
+    """A JSON object, or an empty one in place of anything else (so a lookup finds nothing)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value) -> str | None:
+    """A non-empty string, or None in place of anything else."""
+    return value if isinstance(value, str) and value else None
+
+
 def _int_or_none(value) -> int | None:
+    # Not bool (an int to Python) and not a float's fraction: a size is a whole number.
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        return None
     try:
         return int(value)
     except (TypeError, ValueError):

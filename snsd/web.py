@@ -292,7 +292,10 @@ class SNSEndpoint:
 
         if isinstance(failure.value, HTTPException):
             code = failure.value.code or 500
-            return _json(request, code, {"error": failure.value.name.lower()})
+            # Keep the exception's own headers (a 405's Allow, which RFC 9110 requires), not its
+            # HTML Content-Type: the body is ours, JSON.
+            headers = {name: value for name, value in failure.value.get_headers() if name.lower() != "content-type"}
+            return _json(request, code, {"error": failure.value.name.lower()}, headers)
         log.failure(
             "unexpected error answering {method} {path}",
             failure,
@@ -349,6 +352,9 @@ class LimitedRequest(Request):
             metrics.requests("unknown", 413).inc()
             log.info("refused 413 declared length {length}", length=length)
             transport.loseConnection()
+            # HTTPChannel.allHeadersReceived answers "Expect: 100-continue" right after this
+            # call; a 100 Continue after the final 413 would invite the body just refused.
+            self.requestHeaders.removeHeader(b"Expect")
             Request.gotLength(self, 0)
             return
         Request.gotLength(self, length)

@@ -89,6 +89,70 @@ def test_other_messages_are_ignored_with_a_reason(message):
     assert parsed.ignored
 
 
+def _paths(value, prefix=()):
+    """Every path into a JSON value, the value itself first."""
+    yield prefix
+    if isinstance(value, dict):
+        for name, child in value.items():
+            yield from _paths(child, prefix + (name,))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _paths(child, prefix + (index,))
+
+
+def _replaced(value, path, new):
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[head] = _replaced(value[head], rest, new)
+    return copy
+
+
+EVENTBRIDGE_EVENT = {
+    "source": "aws.s3",
+    "detail-type": "Object Created",
+    "time": "2026-11-29T10:00:00Z",
+    "detail": {
+        "bucket": {"name": "incoming"},
+        "object": {"key": "a.csv", "size": 5, "etag": "e", "version-id": "v1", "sequencer": "00A"},
+        "reason": "PutObject",
+    },
+}
+WRONG_TYPES = ("text", "", 7, 2.5, True, None, [], ["x"], {}, {"name": "x"})
+
+
+@pytest.mark.parametrize("event", [json.loads(s3_event("a.csv")), EVENTBRIDGE_EVENT], ids=["s3", "eventbridge"])
+def test_any_value_of_the_wrong_type_is_ignored_with_a_reason_or_kept_as_a_well_typed_record(event):
+    for path in _paths(event):
+        for wrong in WRONG_TYPES:
+            message = json.dumps(_replaced(event, path, wrong))
+            parsed = parse_s3_message(message, "m-1", "arn:aws:sns:us-east-1:1:t")
+            assert parsed.records or isinstance(parsed.ignored, str), (path, wrong)
+            for record in parsed.records:
+                assert isinstance(record.bucket, str) and record.bucket, (path, wrong)
+                assert isinstance(record.key, str) and record.key, (path, wrong)
+                assert isinstance(record.event_name, str) and record.event_name.startswith("ObjectCreated:")
+                assert record.size is None or type(record.size) is int, (path, wrong)
+                for name in ("version_id", "etag", "sequencer", "event_time"):
+                    assert getattr(record, name) is None or isinstance(getattr(record, name), str), (path, name, wrong)
+
+
+@pytest.mark.parametrize(
+    "event,reason",
+    [
+        ({"Records": [{"eventVersion": "2.1", "eventName": 5, "s3": {}}]}, "eventName"),
+        ({"Records": [{"eventVersion": "2.1", "eventName": "ObjectCreated:Put", "s3": {"bucket": "b"}}]}, "bucket"),
+        (_replaced(EVENTBRIDGE_EVENT, ("detail", "bucket"), "incoming"), "bucket"),
+        (_replaced(EVENTBRIDGE_EVENT, ("detail", "object"), "a.csv"), "key"),
+    ],
+)
+def test_malformed_records_are_ignored_with_a_reason_that_says_what(event, reason):
+    parsed = parse_s3_message(json.dumps(event))
+    assert parsed.records == ()
+    assert reason in parsed.ignored
+
+
 def test_eventbridge_object_created():
     event = {
         "source": "aws.s3",
@@ -141,6 +205,15 @@ def test_envelope_fields_come_from_the_body():
         (envelope(Type="Gossip"), "unknown Type"),
         (envelope(Type="SubscriptionConfirmation"), "missing field: SubscribeURL"),
         (b"\xff\xfe", "not JSON"),
+        (envelope(Type=1), "field Type must be a string"),
+        (envelope(MessageId=[]), "field MessageId must be a string"),
+        (envelope(TopicArn={}), "field TopicArn must be a string"),
+        (envelope(Message=5), "field Message must be a string"),
+        (envelope(Timestamp=False), "field Timestamp must be a string"),
+        (envelope(Signature=7), "field Signature must be a string"),
+        (envelope(SigningCertURL=["https://x"]), "field SigningCertURL must be a string"),
+        (envelope(Subject={}), "field Subject must be a string"),
+        (envelope(MessageId=""), "field MessageId is empty"),
     ],
 )
 def test_bad_envelopes_say_why(body, reason):

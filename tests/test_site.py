@@ -47,3 +47,35 @@ def test_answers_carry_their_length_and_are_not_chunked(tmp_path):
     assert f"Content-Length: {len(body)}".encode() in head
     assert body == b'{"error":"not found"}'
     channel.connectionLost(None)
+
+
+def connect(site):
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_a_declared_oversized_body_waiting_for_100_continue_gets_only_the_413(tmp_path):
+    channel, transport = connect(make_site(Snsd(tmp_path).endpoint))
+    channel.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2000000\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in answer
+    assert transport.disconnecting
+    channel.connectionLost(None)
+
+
+def test_a_body_within_the_limit_still_gets_100_continue(tmp_path):
+    channel, transport = connect(make_site(Snsd(tmp_path).endpoint))
+    channel.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    transport.clear()
+    channel.dataReceived(b"{}")
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    channel.connectionLost(None)

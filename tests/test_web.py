@@ -84,6 +84,66 @@ def test_bad_input_is_400_with_a_reason(snsd, body, reason):
     assert answer == {"error": reason}
 
 
+def test_a_field_present_with_the_wrong_type_is_not_reported_missing(snsd):
+    status, answer, _ = snsd.post({"Type": 1, "MessageId": [], "TopicArn": {}, "Message": 5})
+    assert (status, answer) == (400, {"error": "field Type must be a string"})
+    fields = signed_notification("a.csv")
+    fields["MessageId"] = []
+    status, answer, _ = snsd.post(fields)
+    assert (status, answer) == (400, {"error": "field MessageId must be a string"})
+    assert snsd.jobs_seen == []
+
+
+def object_created(**changes):
+    """One S3 notification record with ``changes`` applied, a dotted name reaching into ``s3``."""
+    record = json.loads(s3_message("a.csv"))["Records"][0]
+    for dotted, value in changes.items():
+        *parents, name = dotted.split(".")
+        target = record
+        for parent in parents:
+            target = target[parent]
+        target[name] = value
+    return json.dumps({"Records": [record]})
+
+
+def eventbridge_created(bucket, obj):
+    detail = {"bucket": bucket, "object": obj, "reason": "PutObject"}
+    return json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": detail})
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        object_created(eventName=5),
+        object_created(eventName={"name": "ObjectCreated:Put"}),
+        object_created(**{"s3.bucket": "incoming"}),
+        object_created(**{"s3.bucket": ["incoming"]}),
+        object_created(**{"s3.object": "a.csv"}),
+        object_created(s3="incoming/a.csv"),
+        eventbridge_created("incoming", {"key": "a.csv"}),
+        eventbridge_created({"name": "incoming"}, "a.csv"),
+        eventbridge_created(["incoming"], ["a.csv"]),
+    ],
+)
+def test_a_malformed_s3_record_in_a_signed_notification_is_ignored_not_a_500(snsd, message):
+    # A 5xx would have SNS retry a message that can never succeed.
+    failures = []
+
+    def observe(event):
+        if event.get("log_failure") is not None:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        status, body, _ = snsd.post(signed(notification(message)))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert (status, body.get("status")) == (200, "ignored")
+    assert body["reason"]
+    assert snsd.jobs_seen == []
+    assert failures == []
+
+
 def test_a_type_header_contradicting_the_body_is_400(snsd):
     status, answer, _ = snsd.post(
         signed_notification("a"), headers={"x-amz-sns-message-type": "SubscriptionConfirmation"}
@@ -95,6 +155,23 @@ def test_a_type_header_contradicting_the_body_is_400(snsd):
 def test_other_methods_on_root_are_405(snsd):
     for method in ("GET", "PUT", "DELETE"):
         assert snsd.request(method, "/")[0] == 405
+
+
+@pytest.mark.parametrize(
+    "method,path,allowed",
+    [
+        ("PUT", "/", {"POST"}),
+        ("GET", "/", {"POST"}),
+        ("POST", "/healthz", {"GET", "HEAD"}),
+        ("GET", "/breaker/open", {"POST"}),
+    ],
+)
+def test_a_405_says_which_methods_are_allowed(snsd, method, path, allowed):
+    # RFC 9110 15.5.6: a 405 answer must carry an Allow header.
+    status, body, headers = snsd.request(method, path)
+    assert (status, body) == (405, {"error": "method not allowed"})
+    (allow,) = headers.getRawHeaders("Allow")
+    assert {m.strip() for m in allow.split(",")} == allowed
 
 
 def test_unknown_paths_are_404_json(snsd):
