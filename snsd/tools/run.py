@@ -7,8 +7,12 @@
    ``./dry_run_results.jsonl``;
 3. wires bucket ``incoming`` -> topic ``snsd-uploads`` -> snsd and waits until snsd has confirmed the
    subscription;
-4. prints how to upload a file, and runs until Ctrl-C or SIGTERM, then stops snsd (gracefully) and the
-   LocalStack it started.
+4. prints how to upload a file, and runs until Ctrl-C, SIGTERM or SIGHUP (the terminal or SSH session
+   closing), then stops snsd (gracefully) and the LocalStack it started.
+
+The banner appears only once this run's own snsd has said it is listening on the port: something else
+answering there (say an snsd left over from an earlier run) must not pass for it.  If snsd exits or
+cannot listen during startup, this prints one line with the end of its output and exits with 1.
 """
 
 from __future__ import annotations
@@ -16,37 +20,139 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from snsd.tools.localstack import LocalStackError, NoSuitablePython, aws_environment, ensure_localstack
 from snsd.tools.wire import wire
 
+# The signals that end a run, all the same way.  SIGINT is set explicitly because a shell's background
+# job starts with it ignored; SIGHUP is what a closing terminal or SSH session sends, and it would not
+# reach snsd or LocalStack on its own: both run in sessions of their own.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# snsd.daemon's line once its port is open, and Twisted's (or snsd's) when it cannot be.
+_LISTENING = re.compile(r"\blistening on (\S+):(\d+)\s*$")
+_CANNOT_LISTEN = re.compile(r"(?i)\b(?:couldn't|could not|cannot) listen\b")
+
 
 class _Stop(Exception):
     pass
+
+
+class StartupFailed(Exception):
+    """snsd exited, could not listen, or did not become ready: the message says which, with its output."""
 
 
 def _stop(signum, frame):
     raise _Stop()
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+class DaemonOutput:
+    """Copies snsd's output to ours line by line, keeping its tail and noting whether it listens."""
+
+    def __init__(self, stream, port: int, out=None, keep: int = 20):
+        self._stream = stream
+        self._port = port
+        self._out = out
+        self._lines: deque[str] = deque(maxlen=keep)
+        self._changed = threading.Condition()
+        self.listening: tuple[str, int] | None = None
+        self.cannot_listen: str | None = None
+        self.closed = False
+        self._thread = threading.Thread(target=self._relay, name="snsd-output", daemon=True)
+        self._thread.start()
+
+    def _relay(self) -> None:
+        out = self._out or sys.stdout
+        for raw in iter(self._stream.readline, b""):
+            text = raw.decode(errors="replace")
+            # Our terminal may be gone (a hangup): keep reading, or snsd would block on a full pipe.
+            with contextlib.suppress(OSError, ValueError):
+                out.write(text)
+                out.flush()
+            self._saw(text.strip())
+        self._stream.close()
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    def _saw(self, line: str) -> None:
+        with self._changed:
+            if line:
+                self._lines.append(line)
+            found = _LISTENING.search(line)
+            if found and self.listening is None and self._port in (0, int(found.group(2))):
+                self.listening = (found.group(1), int(found.group(2)))
+            elif self.cannot_listen is None and _CANNOT_LISTEN.search(line):
+                self.cannot_listen = line
+            self._changed.notify_all()
+
+    def wait(self, daemon: subprocess.Popen, timeout: float) -> None:
+        """Until snsd's next line (or its exit, once its output has ended), at most ``timeout`` seconds."""
+        with self._changed:
+            if not self.closed:
+                self._changed.wait(timeout)
+                return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            daemon.wait(timeout)
+
+    def finish(self, timeout: float = 5.0) -> None:
+        """Wait for the rest of the output of a process that has exited."""
+        self._thread.join(timeout)
+
+    def tail(self, lines: int = 3) -> str:
+        with self._changed:
+            last = list(self._lines)[-lines:]
+            if self.cannot_listen and self.cannot_listen not in last:
+                last.insert(0, self.cannot_listen)
+        return " | ".join(last) or "(no output)"
+
+
+def wait_listening(daemon: subprocess.Popen, output: DaemonOutput, port: int, timeout: float = 30.0) -> int:
+    """The port snsd (this very process) says it listens on; :class:`StartupFailed` if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if output.listening is not None:
+            return output.listening[1]
+        if daemon.poll() is not None:
+            output.finish()
+            if output.listening is None:
+                raise StartupFailed(
+                    f"snsd exited with status {daemon.returncode} before listening on 127.0.0.1:{port}; "
+                    f"its last output: {output.tail()}"
+                )
+            continue
+        if output.cannot_listen is not None:
+            raise StartupFailed(f"snsd cannot listen on 127.0.0.1:{port}: {output.cannot_listen}")
+        if time.monotonic() >= deadline:
+            raise StartupFailed(
+                f"snsd did not say it was listening on 127.0.0.1:{port} within {timeout:.0f}s; "
+                f"its last output: {output.tail()}"
+            )
+        output.wait(daemon, min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def _wait_ready(url: str, process: subprocess.Popen, output: DaemonOutput, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"snsd exited with status {process.returncode}; see its output above")
+            output.finish()
+            raise StartupFailed(f"snsd exited with status {process.returncode}; its last output: {output.tail()}")
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(url + "/readyz", timeout=2) as answer:
                 if answer.status == 200:
                     return
-        time.sleep(0.2)
-    raise SystemExit(f"snsd did not become ready at {url} within {timeout:.0f}s")
+        output.wait(process, 0.2)
+    raise StartupFailed(f"snsd did not become ready at {url} within {timeout:.0f}s; its last output: {output.tail()}")
 
 
 def _port_from_env(value: str) -> int:
@@ -74,9 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", default=os.environ.get("SNSD_RULES"))
     args = parser.parse_args(argv)
 
-    # Both stop the same way; SIGINT set explicitly because a shell's background job starts with it ignored.
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
     twistd = str(Path(sys.executable).with_name("twistd"))
     try:
         with ensure_localstack() as localstack:
@@ -100,25 +205,45 @@ def main(argv: list[str] | None = None) -> int:
                 command += ["--trusted-host", host]
             if args.rules:
                 command += ["--rules", args.rules]
-            # Its own session: Ctrl-C reaches only this process, which then stops snsd once, with
-            # SIGTERM, and waits for its drain (a terminal's SIGINT would also hit twistd directly).
-            daemon = subprocess.Popen(command, env=env, start_new_session=True)
+            # Its own session: Ctrl-C (or a hangup) reaches only this process, which then stops snsd
+            # once, with SIGTERM, and waits for its drain (a terminal's SIGINT would also hit twistd
+            # directly).  Its output comes through us, so we can tell that it is listening.
+            daemon = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            output = DaemonOutput(daemon.stdout, args.port)
             try:
-                listener = f"http://127.0.0.1:{args.port}"
-                _wait_ready(listener, daemon)
+                port = wait_listening(daemon, output, args.port)
+                listener = f"http://127.0.0.1:{port}"
+                _wait_ready(listener, daemon, output)
                 try:
                     wiring = wire(localstack, listener + "/", args.bucket, args.topic, wait_confirmed_seconds=30)
                 except TimeoutError as e:
                     print(f"snsd-run: {e}; see snsd's log above", file=sys.stderr)
                     return 1
+                if daemon.poll() is not None:
+                    output.finish()
+                    raise StartupFailed(
+                        f"snsd exited with status {daemon.returncode} while being wired; "
+                        f"its last output: {output.tail()}"
+                    )
                 print(_next_steps(localstack, listener, wiring, args), flush=True)
                 while daemon.poll() is None:
                     time.sleep(0.5)
                 return daemon.returncode
             finally:
                 _stop_daemon(daemon)
+                output.finish()
     except _Stop:
         return 0
+    except StartupFailed as e:
+        print(f"snsd-run: {e}", file=sys.stderr, flush=True)
+        return 1
     except NoSuitablePython as e:
         print(f"snsd-run: {e}", file=sys.stderr)
         return 2
@@ -128,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_daemon(daemon: subprocess.Popen) -> None:
-    """SIGTERM snsd once and wait for its drain; a second Ctrl-C meanwhile must not cut it short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """SIGTERM snsd once and wait for its drain; a second Ctrl-C (or a hangup) meanwhile must not cut it short."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     if daemon.poll() is None:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -158,7 +283,7 @@ or publish the sample event.json to the topic (its object does not exist: expect
 
 Then: tail -f {results}
       curl {listener}/breaker    curl {listener}/metrics
-Ctrl-C stops snsd (draining running jobs) and the LocalStack this command started.
+Ctrl-C (or closing this terminal) stops snsd (draining running jobs) and the LocalStack this command started.
 """
 
 
