@@ -52,6 +52,10 @@ class Backpressure(Exception):
     """Too many records are waiting; the message is refused and nothing is recorded."""
 
 
+class AlreadyAccepted(Exception):
+    """The spool accepted this MessageId within the dedup TTL: a redelivery, answered as a duplicate."""
+
+
 class Dispatcher(Service):
     name = "dispatcher"
 
@@ -160,6 +164,9 @@ class Dispatcher(Service):
         self.pending += len(records)
 
         def spooled(ids):
+            if ids is None:  # a redelivery the endpoint's bounded memory no longer held
+                self.pending -= len(records)
+                raise AlreadyAccepted(envelope.message_id)
             metrics.SPOOL_PENDING.set(self.pending)
             done = self._when_done(ids) if track else None
             self._pump()
@@ -173,6 +180,16 @@ class Dispatcher(Service):
         # The caller may give up (the client hangs up and Klein cancels its handler), but the
         # write goes on and commits: the pending count must follow the write, not the caller.
         return _detached(self.spool.add(envelope, records).addCallbacks(spooled, failed), "spooling a message")
+
+    def forget(self, message_id: str) -> None:
+        """A message answered 5xx after its records were spooled: let SNS's retry in again."""
+
+        def failed(failure):
+            log.failure(
+                "could not forget {message_id}: its retry will read as a duplicate", failure, message_id=message_id
+            )
+
+        self.spool.forget(message_id).addErrback(failed)
 
     def skip(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
         """The breaker is open in ``skip`` mode: keep the records as dead letters."""

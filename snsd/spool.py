@@ -134,11 +134,16 @@ class SQLiteSpool:
         self.before_flush = None
         self.last_checkpoint: Deferred | None = None  # for tests: fires with (busy, wal frames, copied)
         self.commits = 0  # for tests and benchmarks: how many transactions ran
+        self._dedup_ttl = 3600.0  # set by open()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self, dedup_ttl: float = 3600.0) -> Deferred:
-        """Open the database; fires with a :class:`Recovery`."""
+        """Open the database; fires with a :class:`Recovery`.
+
+        ``dedup_ttl``: how long an accepted MessageId keeps :meth:`add` from accepting it again.
+        """
+        self._dedup_ttl = dedup_ttl
         self._conn = connect(self.path, autocheckpoint=self._inline or self.in_memory)
         return self._submit(self._recover_since(self._clock.seconds() - dedup_ttl))
 
@@ -173,16 +178,30 @@ class SQLiteSpool:
     # -- the interface ---------------------------------------------------------------------
 
     def add(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
-        """Record an accepted message and its records atomically; fires with their ids."""
+        """Record an accepted message and its records atomically; fires with their ids, or with
+        None if the message was accepted within the dedup TTL already (nothing is written)."""
         now = self._clock.seconds()
-        envelope_text = envelope.raw.decode("utf-8", "replace")
+        message = (envelope.message_id, envelope.topic_arn, envelope.raw.decode("utf-8", "replace"), now)
         rows = [(envelope.message_id, r.to_json(), now) for r in records]
+        seen_since = now - self._dedup_ttl
 
         def add(conn):
-            conn.execute(
-                "INSERT OR REPLACE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)",
-                (envelope.message_id, envelope.topic_arn, envelope_text, now),
-            )
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)",
+                message,
+            ).rowcount
+            if not inserted:
+                # The endpoint's in-memory check keeps a bounded number of ids; this table keeps
+                # them all for the TTL.  Older than that (not pruned yet), the message is new again.
+                (accepted_at,) = conn.execute(
+                    "SELECT accepted_at FROM messages WHERE message_id = ?", (envelope.message_id,)
+                ).fetchone()
+                if accepted_at >= seen_since:
+                    return None
+                conn.execute(
+                    "UPDATE messages SET topic_arn = ?, envelope = ?, accepted_at = ? WHERE message_id = ?",
+                    (*message[1:], envelope.message_id),
+                )
             ids = []
             for row in rows:
                 cursor = conn.execute("INSERT INTO records (message_id, record, enqueued_at) VALUES (?, ?, ?)", row)
@@ -190,6 +209,15 @@ class SQLiteSpool:
             return ids
 
         return self._submit(add)
+
+    def forget(self, message_id: str) -> Deferred:
+        """Let a redelivery of ``message_id`` in again: its delivery was answered 5xx after all
+        (``--ack after-job``), so SNS will retry it, and the retry must not read as a duplicate."""
+
+        def forget(conn):
+            conn.execute("UPDATE messages SET accepted_at = 0 WHERE message_id = ?", (message_id,))
+
+        return self._submit(forget)
 
     def remember(self, envelope: SNSEnvelope) -> Deferred:
         """Record an accepted message that carries no records (for duplicate detection)."""

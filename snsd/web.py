@@ -23,7 +23,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from snsd import metrics
-from snsd.dispatcher import REJECT, SKIP, Backpressure, Dispatcher
+from snsd.dispatcher import REJECT, SKIP, AlreadyAccepted, Backpressure, Dispatcher
 from snsd.envelope import (
     NOTIFICATION,
     SUBSCRIPTION_CONFIRMATION,
@@ -153,9 +153,7 @@ class SNSEndpoint:
     async def _accept_once(self, envelope: SNSEnvelope):
         """Duplicate check and dispatch of a trusted (or knowingly untrusted) envelope."""
         if not self.dedup.reserve(envelope.message_id):
-            metrics.DUPLICATES.inc()
-            log.info("duplicate {message_id} from {topic}", message_id=envelope.message_id, topic=envelope.topic_arn)
-            return 200, {"status": "duplicate"}, {}
+            return _duplicate(envelope)
         try:
             status, answer, headers = await self._dispatch(envelope)
         except BaseException:
@@ -219,6 +217,8 @@ class SNSEndpoint:
             accepted = await self.dispatcher.accept(envelope, records, track=after_job)
         except Backpressure as e:
             return 503, {"error": "too many pending records", "detail": str(e)}, {"Retry-After": "20"}
+        except AlreadyAccepted:
+            return _duplicate(envelope)
         log.debug(
             "accepted {message_id} from {topic}: {jobs} records",
             message_id=envelope.message_id,
@@ -232,8 +232,10 @@ class SNSEndpoint:
             _, done = accepted
             all_ok = await done.addTimeout(AFTER_JOB_WAIT, self.clock)
         except DeferredTimeout:
+            self.dispatcher.forget(envelope.message_id)  # SNS retries a 5xx: the retry is not a duplicate
             return 503, {"error": "jobs still running", "jobs": len(records)}, {"Retry-After": "10"}
         if not all_ok:
+            self.dispatcher.forget(envelope.message_id)
             return 500, {"error": "job failed", "jobs": len(records)}, {}
         return 200, {"status": "done", "jobs": len(records)}, {}
 
@@ -425,3 +427,9 @@ def _json(request, status: int, body: dict, headers: dict | None = None) -> byte
 def _peer(request) -> str:
     peer = request.getClientAddress()
     return getattr(peer, "host", str(peer))
+
+
+def _duplicate(envelope):
+    metrics.DUPLICATES.inc()
+    log.info("duplicate {message_id} from {topic}", message_id=envelope.message_id, topic=envelope.topic_arn)
+    return 200, {"status": "duplicate"}, {}

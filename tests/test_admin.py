@@ -161,7 +161,7 @@ def test_replay_that_fails_again_keeps_the_dead_letter_with_one_more_attempt_the
 def test_replay_with_a_sink_that_cannot_open_is_a_clear_error_and_changes_nothing(spool_path, tmp_path, capsys):
     before = dead_letters(spool_path)
     code, _ = replay(spool_path, tmp_path / "no-such-dir" / "r.jsonl")
-    assert code == 2 and "cannot open the result sink" in capsys.readouterr().err
+    assert code == 2 and "--results" in (err := capsys.readouterr().err) and "no-such-dir does not exist" in err
     assert dead_letters(spool_path) == before
 
 

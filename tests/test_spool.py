@@ -218,3 +218,23 @@ async def test_closing_commits_every_queued_operation_not_only_the_first_batch(p
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (MAX_BATCH + 10,)
     conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_accepted_within_the_dedup_ttl_is_not_added_again_until_forgotten(path):
+    clock = Clock()
+    clock.advance(1_000_000)
+    spool = SQLiteSpool(reactor, path, clock=clock)
+    await spool.open(dedup_ttl=600)
+    first = await spool.add(envelope("m-1"), records("a"))
+    assert len(first) == 1
+    assert await spool.add(envelope("m-1"), records("a")) is None  # a redelivery: nothing written
+    assert await spool.counts() == {"records": 1, "dead_letters": 0}
+
+    clock.advance(601)  # past the TTL and not pruned yet: new again
+    assert len(await spool.add(envelope("m-1"), records("a"))) == 1
+    assert await spool.add(envelope("m-1"), records("a")) is None
+    await spool.forget("m-1")  # answered 5xx after all: SNS's retry must get in
+    assert len(await spool.add(envelope("m-1"), records("a"))) == 1
+    assert await spool.counts() == {"records": 3, "dead_letters": 0}
+    await spool.close()

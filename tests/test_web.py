@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import globalLogPublisher
 
+from snsd.trust.dedup import DedupCache
 from snsd.web import AFTER_JOB_WAIT
 from tests.trust_helpers import TOPIC, notification, result_of, signed, subscription_confirmation
 from tests.web_harness import CONFIRMED_ARN, Snsd, s3_message
@@ -251,6 +252,16 @@ def test_duplicates_get_200_duplicate_and_no_new_job(snsd):
     assert len(snsd.jobs_seen) == 1
 
 
+def test_a_duplicate_the_bounded_memory_has_let_go_of_is_still_caught_by_the_spool(snsd):
+    snsd.endpoint.dedup = DedupCache(snsd.clock, max_entries=1)
+    first = signed_notification("a.csv")
+    assert snsd.post(first)[1]["status"] == "accepted"
+    assert snsd.post(signed_notification("b.csv"))[1]["status"] == "accepted"  # pushes a.csv's id out
+    assert first["MessageId"] not in snsd.endpoint.dedup
+    assert snsd.post(first)[1] == {"status": "duplicate"}
+    assert [r.key for r in snsd.jobs_seen] == ["a.csv", "b.csv"]
+
+
 def test_subscription_confirmation_gets_the_subscribe_url_and_logs_the_arn(snsd):
     status, body, _ = snsd.post(signed(subscription_confirmation()))
     assert (status, body) == (200, {"status": "confirmed", "subscription_arn": CONFIRMED_ARN})
@@ -388,6 +399,8 @@ def test_ack_after_job_answers_200_when_jobs_succeed_and_500_when_one_fails(tmp_
     fields = signed_notification("good2.csv", "bad.csv")
     assert snsd.post(fields)[0] == 500
     assert snsd.counts()["dead_letters"] == 1
+    assert snsd.post(fields)[0] == 500  # SNS's retry runs again: not taken for a duplicate
+    assert snsd.counts()["dead_letters"] == 2
 
 
 class HeldPool:

@@ -4,8 +4,10 @@ An id is *reserved* the moment a delivery starts being handled, not when it fini
 concurrent deliveries of the same message cannot both pass; a delivery refused with 5xx
 *releases* its id so the SNS retry is accepted.  Entries expire ``ttl`` seconds after they were
 reserved (time from the injected clock), and at most ``max_entries`` are kept: beyond that the
-oldest are forgotten first.  Every call is O(1) amortised (an ``OrderedDict`` in insertion
-order; expired entries are dropped from the old end as they are met).
+oldest are forgotten first, and the spool's ``messages`` table, which keeps every accepted id for
+the TTL, refuses the redelivery instead (``SQLiteSpool.add``).  Every call is O(1) amortised
+(an ``OrderedDict`` in insertion order; expired entries are dropped from the old end as they are
+met).
 """
 
 from __future__ import annotations
