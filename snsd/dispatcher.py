@@ -401,12 +401,15 @@ class Dispatcher(Service):
             return True
         self.breaker.failed(permit)
         self._dead_letter(spooled.id, "job_error", line["error"])
+        error, kind = line["error"], line["error_kind"]
         log.warn(
-            "job failed {bucket}/{key}: {error_kind}: {error}",
+            "job failed {bucket}/{key}: {problem}",
             bucket=line["bucket"],
             key=line["key"],
-            error=line["error"],
-            error_kind=line["error_kind"],
+            # The job's own errors already start with their kind ("s3_not_found: s3://..."): once is enough.
+            problem=error if error.startswith(f"{kind}:") else f"{kind}: {error}",
+            error=error,
+            error_kind=kind,
             message_id=line["message_id"],
             duration_ms=line["duration_ms"],
         )

@@ -502,3 +502,26 @@ async def test_a_job_running_past_the_short_limit_lets_the_others_run(tmp_path):
     release.set()
     assert await slow is True
     await h.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_jobs_log_line_names_its_error_kind_once(tmp_path):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    class NotFound(Exception):
+        kind = "s3_not_found"
+
+    def job(record):
+        raise (NotFound(f"s3_not_found: s3://b/{record.key}") if record.key == "a" else ValueError("bad header"))
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = Harness(tmp_path, job, workers=1, max_failures=10)
+        await h.start()
+        assert await (await h.track("m-1", "a", "b")) is False
+        await h.stop()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    failed = sorted(formatEvent(e) for e in events if e.get("log_format", "").startswith("job failed"))
+    assert failed == ["job failed b/a: s3_not_found: s3://b/a", "job failed b/b: ValueError: bad header"]
