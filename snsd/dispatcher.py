@@ -193,8 +193,13 @@ class Dispatcher(Service):
 
     def skip(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
         """The breaker is open in ``skip`` mode: keep the records as dead letters."""
-        metrics.DEAD_LETTERS.labels(reason="breaker_open").inc(len(records))
-        return self.spool.add_dead_letters(envelope, records, "breaker_open")
+
+        def kept(written):
+            if written is None:  # a redelivery the endpoint's bounded memory no longer held
+                raise AlreadyAccepted(envelope.message_id)
+            metrics.DEAD_LETTERS.labels(reason="breaker_open").inc(len(records))
+
+        return self.spool.add_dead_letters(envelope, records, "breaker_open").addCallback(kept)
 
     def _when_done(self, record_ids) -> Deferred:
         waits = []

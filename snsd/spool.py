@@ -115,6 +115,25 @@ def connect(path: str, autocheckpoint: bool = True) -> sqlite3.Connection:
     return conn
 
 
+def _accept_message(conn: sqlite3.Connection, message: tuple, seen_since: float) -> bool:
+    """Record ``(message_id, topic_arn, envelope, accepted_at)``; False if that id was accepted
+    at or after ``seen_since`` already (a redelivery: the caller writes nothing)."""
+    if conn.execute(
+        "INSERT OR IGNORE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)", message
+    ).rowcount:
+        return True
+    # The endpoint's in-memory check keeps a bounded number of ids; this table keeps them all for
+    # the TTL.  Older than that (not pruned yet), the message is new again.
+    (accepted_at,) = conn.execute("SELECT accepted_at FROM messages WHERE message_id = ?", message[:1]).fetchone()
+    if accepted_at >= seen_since:
+        return False
+    message_id, *fields = message
+    conn.execute(
+        "UPDATE messages SET topic_arn = ?, envelope = ?, accepted_at = ? WHERE message_id = ?", (*fields, message_id)
+    )
+    return True
+
+
 class SQLiteSpool:
     def __init__(self, reactor, path: str, clock=None, inline: bool = False):
         """``inline=True`` runs each operation at once, committing each, and returns fired
@@ -186,22 +205,8 @@ class SQLiteSpool:
         seen_since = now - self._dedup_ttl
 
         def add(conn):
-            inserted = conn.execute(
-                "INSERT OR IGNORE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)",
-                message,
-            ).rowcount
-            if not inserted:
-                # The endpoint's in-memory check keeps a bounded number of ids; this table keeps
-                # them all for the TTL.  Older than that (not pruned yet), the message is new again.
-                (accepted_at,) = conn.execute(
-                    "SELECT accepted_at FROM messages WHERE message_id = ?", (envelope.message_id,)
-                ).fetchone()
-                if accepted_at >= seen_since:
-                    return None
-                conn.execute(
-                    "UPDATE messages SET topic_arn = ?, envelope = ?, accepted_at = ? WHERE message_id = ?",
-                    (*message[1:], envelope.message_id),
-                )
+            if not _accept_message(conn, message, seen_since):
+                return None
             ids = []
             for row in rows:
                 cursor = conn.execute("INSERT INTO records (message_id, record, enqueued_at) VALUES (?, ?, ?)", row)
@@ -234,20 +239,22 @@ class SQLiteSpool:
     def add_dead_letters(
         self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], reason: str, error: str | None = None
     ) -> Deferred:
-        """Accept a message straight into the dead letters (the breaker's ``skip`` mode)."""
+        """Accept a message straight into the dead letters (the breaker's ``skip`` mode); fires with
+        True, or with None if the message was accepted within the dedup TTL already (as :meth:`add`)."""
         now = self._clock.seconds()
         envelope_text = envelope.raw.decode("utf-8", "replace")
+        message = (envelope.message_id, envelope.topic_arn, envelope_text, now)
+        seen_since = now - self._dedup_ttl
 
         def add(conn):
-            conn.execute(
-                "INSERT OR REPLACE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)",
-                (envelope.message_id, envelope.topic_arn, envelope_text, now),
-            )
+            if not _accept_message(conn, message, seen_since):
+                return None
             conn.executemany(
                 "INSERT INTO dead_letters (message_id, record, envelope, reason, error, failed_at, attempts)"
                 " VALUES (?, ?, ?, ?, ?, ?, 0)",
                 [(envelope.message_id, r.to_json(), envelope_text, reason, error, now) for r in records],
             )
+            return True
 
         return self._submit(add)
 

@@ -201,7 +201,10 @@ class SNSEndpoint:
     async def _submit(self, envelope: SNSEnvelope, records):
         if self.breaker.is_open:
             if self.breaker_mode == SKIP:
-                await self.dispatcher.skip(envelope, records)
+                try:
+                    await self.dispatcher.skip(envelope, records)
+                except AlreadyAccepted:
+                    return _duplicate(envelope)
                 log.info(
                     "breaker open: skipped {message_id} ({jobs} records kept as dead letters)",
                     message_id=envelope.message_id,

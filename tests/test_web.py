@@ -301,8 +301,12 @@ def open_breaker(snsd):
 def test_breaker_skip_mode_answers_skipped_and_keeps_dead_letters(tmp_path):
     snsd = Snsd(tmp_path, failing_job, breaker_mode="skip")
     open_breaker(snsd)
-    status, body, _ = snsd.post(signed_notification("later.csv"))
+    later = signed_notification("later.csv")
+    status, body, _ = snsd.post(later)
     assert (status, body) == (200, {"status": "skipped", "jobs": 1})
+    assert snsd.counts() == {"records": 0, "dead_letters": 3}
+    snsd.endpoint.dedup.release(later["MessageId"])  # as if the bounded memory had let go of it
+    assert snsd.post(later)[1] == {"status": "duplicate"}
     assert snsd.counts() == {"records": 0, "dead_letters": 3}
 
 
