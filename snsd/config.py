@@ -7,6 +7,7 @@ table cannot drift apart.  Bad values become a one-line ``UsageError`` naming th
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,7 @@ class SNSDOptions(usage.Options):
         self._environ = os.environ if environ is None else environ
         self._lists: dict[str, list[str]] = {"trusted-host": [], "topic-arn": []}
         self.settings: dict[str, Any] = {}
+        self._from_environment: dict[str, str] = {}  # flag -> the variable its value came from
 
     def opt_trusted_host(self, value):
         """Emulator host[:port] trusted for certificates and SubscribeURL; http allowed there (repeatable).
@@ -238,8 +240,19 @@ class SNSDOptions(usage.Options):
             source = f"--{setting.flag}"
             if given is None and setting.env and setting.env in self._environ:
                 given, source = self._environ[setting.env], setting.env
+                self._from_environment[setting.flag] = setting.env
             self.settings[setting.flag] = setting.default if given is None else _convert(setting, given, source)
-        self._cross_check()
+        try:
+            self._cross_check()
+        except usage.UsageError as e:
+            raise usage.UsageError(self._named(str(e))) from None
+
+    def _named(self, message: str) -> str:
+        """``message`` with each flag whose value came from the environment named by its variable:
+        the user who set SNSD_PORT should read SNSD_PORT, not --port."""
+        for flag, env in self._from_environment.items():
+            message = re.sub(rf"--{re.escape(flag)}(?![\w-])", env, message)
+        return message
 
     def _cross_check(self) -> None:
         s = self.settings

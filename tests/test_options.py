@@ -120,6 +120,21 @@ def test_a_bad_environment_number_names_the_variable_not_the_flag():
         parse(["--dry-run", "--job", HEAD, "--workers", "abc"], {"SNS_WORKER_MAX": "4"})
 
 
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"SNSD_PORT": "bogus"}, "SNSD_PORT must be a port number"),
+        ({"SNSD_SPOOL_PATH": "/proc/no-such-folder/s.sqlite3"}, "SNSD_SPOOL_PATH /proc/no-such-folder/s.sqlite3: its"),
+        ({"SNSD_JOB_NICE": "20"}, "SNSD_JOB_NICE must be between 0 and 19"),
+        ({"SNSD_MAX_AGE_SECONDS": "7200"}, "--dedup-ttl (3600) must be at least SNSD_MAX_AGE_SECONDS (7200)"),
+    ],
+)
+def test_a_checked_value_from_the_environment_is_named_by_its_variable(env, message):
+    with pytest.raises(usage.UsageError) as raised:
+        parse(["--dry-run", "--job", HEAD], env)
+    assert str(raised.value).startswith(message)
+
+
 def test_help_states_each_default_once():
     docs = {flag: doc for flag, _, _, doc in SNSDOptions.optParameters}
     assert all(doc.count("default") == 1 for doc in docs.values()), docs
