@@ -7,6 +7,7 @@ short jobs, ``write_many(lines)`` where a sink has it.
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import orjson
@@ -15,35 +16,67 @@ from snsd.awsclients import SharedClient
 
 
 class JSONLinesSink:
-    """Appends one whole JSON line per result; a lock keeps lines from interleaving."""
+    """Appends one whole JSON line per result; a lock keeps lines from interleaving.
+
+    A write that fails part way (a full disk) leaves its fragment behind, and so may a process
+    killed mid-write: the next line then starts on a line of its own, so a fragment can never
+    swallow the result after it.  The failed result itself is the caller's to keep (the
+    dispatcher dead-letters it as ``sink_error``).
+    """
 
     def __init__(self, path: str):
         self.path = path
         self._lock = threading.Lock()
-        self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
+        # Unbuffered: a failed write leaves nothing in a buffer to surface later, after a result
+        # the caller was told was not written.
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._torn = _ends_mid_line(path)
 
     def write(self, line: dict) -> None:
         self._append(_json_line(line))
 
     def write_many(self, lines: list[dict]) -> None:
-        """Append a batch's results in one write and one flush.
+        """Append a batch's results in one write.
 
-        A flush is a system call, and the thread lets go of the GIL for it; one per result made
+        A write is a system call, and the thread lets go of the GIL for it; one per result made
         the reactor wait to get the GIL back once per result (docs/performance.md)."""
         self._append(b"".join(_json_line(line) for line in lines))
 
     def _append(self, data: bytes) -> None:
         with self._lock:
-            self._file.write(data)
-            # Flushed before the records leave the spool, so a killed process loses nothing.
-            self._file.flush()
+            if self._torn:
+                data = b"\n" + data
+            left = memoryview(data)
+            try:
+                # On disk (in the OS's hands) before the records leave the spool, so a killed
+                # process loses nothing.
+                while left:
+                    left = left[os.write(self._fd, left) :]
+            except OSError:
+                self._torn = self._torn or len(left) < len(data)
+                raise
+            self._torn = False
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def describe(self) -> str:
         return f"file {self.path}"
+
+
+def _ends_mid_line(path: str) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def _json_line(line: dict) -> bytes:
@@ -53,6 +86,16 @@ def _json_line(line: dict) -> bytes:
     except orjson.JSONEncodeError:
         # What orjson refuses and the stdlib takes (an integer past 64 bits in a custom job's result).
         return (json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode("utf-8")
+
+
+def _json_document(line: dict) -> bytes:
+    """Standard JSON, indented: orjson writes NaN and infinities (a number column's observed
+    values) as null, where the stdlib writes NaN, which strict parsers (JavaScript, Go, Athena) refuse."""
+    try:
+        return orjson.dumps(line, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # An integer past 64 bits in a custom job's result: the stdlib takes it.
+        return json.dumps(line, ensure_ascii=False, indent=2, default=str).encode("utf-8")
 
 
 class S3ResultSink:
@@ -67,7 +110,7 @@ class S3ResultSink:
         return f"{self.prefix}{line['bucket']}/{line['key']}.dq.json"
 
     def write(self, line: dict) -> None:
-        body = json.dumps(line, ensure_ascii=False, indent=2, default=str).encode("utf-8")
+        body = _json_document(line)
         self._s3.get().put_object(Bucket=self.bucket, Key=self.key_for(line), Body=body, ContentType="application/json")
 
     def close(self) -> None:

@@ -102,6 +102,6 @@ async def test_a_failing_teardown_step_does_not_skip_the_later_ones(tmp_path, lo
     daemon.spool.close = broken_close
     await daemon.stopService()
     assert not daemon.pool.running
-    assert daemon.sink._file.closed
+    assert daemon.sink.closed
     assert any(e.get("log_format") == "error while {what}" and e["what"] == "closing the spool" for e in logged)
     assert any(e.get("log_format") == "stopped" for e in logged)

@@ -54,6 +54,56 @@ def test_jsonl_takes_any_result_a_custom_job_returns(tmp_path):
     assert second["result"]["other"] == str(object)
 
 
+def test_jsonl_a_line_left_torn_by_a_crash_cannot_swallow_the_next_result(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"n": 1}\n{"n": 2, "pa')  # killed mid-write
+    sink = JSONLinesSink(str(path))
+    sink.write({"n": 3})
+    sink.close()
+    assert path.read_bytes().splitlines()[1:] == [b'{"n": 2, "pa', b'{"n":3}']
+
+
+def test_jsonl_a_write_that_fails_part_way_leaves_nothing_to_surface_later(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    path = tmp_path / "results.jsonl"
+    sink = JSONLinesSink(str(path))
+    sink.write({"n": 1})
+    real_write, calls = os.write, []
+
+    def disk_full_half_way(fd, data):
+        # As write(2) behaves on a disk that fills: a short write, then an error.
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        monkeypatch.setattr(os, "write", real_write)  # the disk has room again afterwards
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full_half_way)
+    with pytest.raises(OSError):
+        sink.write({"n": 2, "pad": "x" * 40})
+    sink.write_many([{"n": 3}, {"n": 4}])
+    sink.close()
+    lines = path.read_bytes().splitlines()
+    assert [json.loads(line)["n"] for line in lines if line.endswith(b"}")] == [1, 3, 4]
+    assert len(lines) == 4 and not lines[1].endswith(b"}")  # the fragment, alone on its line
+
+
+def test_s3_documents_are_standard_json_even_with_nan(monkeypatch):
+    sent = {}
+
+    class Client:
+        def put_object(self, **kwargs):
+            sent.update(kwargs)
+
+    sink = S3ResultSink("results", "dq/", client=SharedClient(factory=Client))
+    sink.write({"bucket": "b", "key": "k.csv", "result": {"observed": float("nan"), "max": float("-inf")}})
+    assert json.loads(sent["Body"], parse_constant=pytest.fail) == {
+        "bucket": "b", "key": "k.csv", "result": {"observed": None, "max": None}
+    }  # fmt: skip
+
+
 @pytest.mark.localstack
 def test_s3_sink_writes_each_result_under_the_prefix(aws_env, monkeypatch):  # noqa: F811
     for name, value in aws_env.items():
