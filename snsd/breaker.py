@@ -37,9 +37,12 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class Permit:
-    """Leave to run one job; ``trial`` marks the single half-open probe."""
+    """Leave to run one job; ``trial`` marks the single half-open probe, and ``period`` which
+    half-open period it probes: a trial from an earlier one (the breaker was reset and opened
+    again while it ran) says nothing about now."""
 
     trial: bool = False
+    period: int = 0
 
 
 class CircuitBreaker(Service):
@@ -66,6 +69,7 @@ class CircuitBreaker(Service):
         self._timer = None
         self._trial_running = False
         self._trial_successes = 0
+        self._period = 0  # counts transitions: a trial permit belongs to the period it was given in
         self._listeners: list[Callable[[State], None]] = []
         _publish_state(self.state)
 
@@ -112,19 +116,19 @@ class CircuitBreaker(Service):
             return Permit()
         if self.state is State.HALF_OPEN and not self._trial_running:
             self._trial_running = True
-            return Permit(trial=True)
+            return Permit(trial=True, period=self._period)
         metrics.BREAKER_NOT_PERMITTED.inc()
         return None
 
     def release(self, permit: Permit) -> None:
         """Give back a permit whose job never ran."""
-        if permit.trial and self.state is State.HALF_OPEN:
+        if self._current_trial(permit):
             self._trial_running = False
 
     def succeeded(self, permit: Permit) -> None:
         if self.state is State.CLOSED:
             self.consecutive_failures = 0
-        elif self.state is State.HALF_OPEN and permit.trial:
+        elif self._current_trial(permit):
             self._trial_running = False
             self._trial_successes += 1
             if self._trial_successes >= self.half_open_successes:
@@ -139,13 +143,16 @@ class CircuitBreaker(Service):
             if self.consecutive_failures >= self.max_failures:
                 self._cooldown = self.base_cooldown
                 self._enter(State.OPEN)
-        elif self.state is State.HALF_OPEN and permit.trial:
+        elif self._current_trial(permit):
             self._trial_running = False
             self.consecutive_failures += 1
             self._cooldown = min(self._cooldown * 2, self.max_cooldown)
             self._enter(State.OPEN)
         else:
             self.consecutive_failures += 1
+
+    def _current_trial(self, permit: Permit) -> bool:
+        return permit.trial and self.state is State.HALF_OPEN and permit.period == self._period
 
     def reset(self) -> None:
         self.consecutive_failures = 0
@@ -164,6 +171,7 @@ class CircuitBreaker(Service):
 
     def _enter(self, new: State) -> None:
         old = self.state
+        self._period += 1
         self._cancel_timer()
         self._trial_running = False
         self._trial_successes = 0

@@ -79,10 +79,29 @@ def test_half_open_allows_exactly_one_trial_at_a_time(clock):
     fail(breaker, 3)
     clock.advance(10)
     trial = breaker.acquire()
-    assert trial == Permit(trial=True)
+    assert trial.trial
     assert breaker.acquire() is None
     breaker.release(trial)
-    assert breaker.acquire() == Permit(trial=True)
+    assert breaker.acquire() == trial
+
+
+def test_a_trial_from_an_earlier_half_open_period_says_nothing_about_now(clock):
+    breaker = make(clock)
+    fail(breaker, 3)
+    clock.advance(10)
+    stale = breaker.acquire()  # a trial starts...
+    breaker.force_open()  # ...an operator opens the breaker and resets it while it runs
+    breaker.reset()
+    fail(breaker, 3)
+    clock.advance(10)
+    current = breaker.acquire()
+    assert current.trial and current != stale
+    breaker.succeeded(stale)
+    assert breaker.state is State.HALF_OPEN  # the current trial decides, not the stale one
+    breaker.failed(stale)
+    assert breaker.state is State.HALF_OPEN
+    breaker.succeeded(current)
+    assert breaker.state is State.CLOSED
 
 
 def test_successful_trial_closes(clock):
