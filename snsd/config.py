@@ -288,7 +288,8 @@ class SNSDOptions(usage.Options):
         if builtin and s["job-processes"] > 0:
             from snsd.dq.processes import ProcessPoolJob
 
-            s["job"] = ProcessPoolJob(s["rules"], s["job-processes"], nice=s["job-nice"])
+            # The rule book load_job validated, not the path: the children must not re-read the file.
+            s["job"] = ProcessPoolJob(s["job"].rulebook, s["job-processes"], nice=s["job-nice"])
 
 
 def _check_endpoint(description: str) -> None:

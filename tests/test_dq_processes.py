@@ -1,6 +1,7 @@
 """The data-quality job in worker processes, against a real LocalStack: same results as in a
 thread, errors that keep their kind, and a pool that survives a killed child."""
 
+import contextlib
 import os
 import signal
 from concurrent.futures.process import BrokenProcessPool
@@ -11,6 +12,7 @@ import pytest
 from snsd.config import SNSDOptions
 from snsd.dq.job import DataQualityJob, JobError, make_job
 from snsd.dq.processes import ProcessPoolJob
+from snsd.dq.rules import load_rules
 from snsd.records import S3ObjectRecord
 from tests.localstack_fixtures import aws_env, localstack_url  # noqa: F401 - fixtures
 from tests.test_dq_job import PEOPLE_RULES
@@ -43,7 +45,7 @@ def put(s3, key: str, body: bytes) -> S3ObjectRecord:
 @pytest.mark.localstack
 def test_a_job_in_a_process_gives_the_result_the_thread_gives(s3, rules):
     record = put(s3, "people.csv", b"id,age\n1,30\n2,200\n2,40\n")
-    job = ProcessPoolJob(rules, processes=1)
+    job = ProcessPoolJob(load_rules(rules), processes=1)
     try:
         in_process = job(record)
     finally:
@@ -56,7 +58,7 @@ def test_a_job_in_a_process_gives_the_result_the_thread_gives(s3, rules):
 
 @pytest.mark.localstack
 def test_a_job_error_keeps_its_kind_across_the_process_boundary(s3, rules):
-    job = ProcessPoolJob(rules, processes=1)
+    job = ProcessPoolJob(load_rules(rules), processes=1)
     try:
         with pytest.raises(JobError) as raised:
             job(S3ObjectRecord(bucket=BUCKET, key="no/such/key.csv"))
@@ -68,7 +70,7 @@ def test_a_job_error_keeps_its_kind_across_the_process_boundary(s3, rules):
 @pytest.mark.localstack
 def test_a_killed_child_fails_its_job_and_the_next_job_gets_a_new_one(s3, rules):
     record = put(s3, "ok.csv", b"id,age\n1,30\n")
-    job = ProcessPoolJob(rules, processes=1)
+    job = ProcessPoolJob(load_rules(rules), processes=1)
     try:
         assert job(record)["verdict"] == "passed"
         (child,) = job._executor._processes.values()
@@ -81,6 +83,26 @@ def test_a_killed_child_fails_its_job_and_the_next_job_gets_a_new_one(s3, rules)
         job.close()
     with pytest.raises(RuntimeError):
         job(record)
+
+
+@pytest.mark.localstack
+def test_children_run_the_rules_validated_at_startup_not_the_file_as_edited_since(s3, rules):
+    record = put(s3, "people.csv", b"id,age\n1,30\n")
+    job = parse("--rules", rules, "--job-processes", "1")["job"]
+    try:
+        with open(rules, "w") as f:  # after startup, before the first child is spawned
+            f.write("- {name: edited, schema: {fields: [{name: id, type: int}]}}\n")  # invalid: type int
+        assert job(record)["rule_set"] == "people"
+        (child,) = job._executor._processes.values()
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        with open(rules, "w") as f:  # a valid edit is not picked up by the next generation either
+            f.write("- {name: edited, schema: {fields: [{name: id}]}}\n")
+        with contextlib.suppress(BrokenProcessPool):
+            job(record)  # finds the pool broken by the kill
+        assert job(record)["rule_set"] == "people"
+    finally:
+        job.close()
 
 
 def parse(*args):

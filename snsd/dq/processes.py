@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from twisted.logger import Logger
 
+from snsd.dq.rules import RuleBook
 from snsd.records import S3ObjectRecord
 
 log = Logger()
@@ -26,13 +27,13 @@ log = Logger()
 _job = None  # this child process's DataQualityJob
 
 
-def _start_child(rules_path: str | None, nice: int) -> None:
+def _start_child(rulebook: RuleBook | None, nice: int) -> None:
     global _job
     if nice:
         os.nice(nice)  # before pyarrow starts threads of its own: they inherit it
-    from snsd.dq.job import make_job
+    from snsd.dq.job import DataQualityJob
 
-    _job = make_job(rules_path)
+    _job = DataQualityJob(rulebook)
 
 
 def _run_in_child(record: dict) -> dict:
@@ -41,10 +42,14 @@ def _run_in_child(record: dict) -> dict:
 
 class ProcessPoolJob:
     """Callable like a job (from worker threads); runs the built-in data-quality job in
-    ``processes`` child processes, started on first use."""
+    ``processes`` child processes, started on first use.
 
-    def __init__(self, rules_path: str | None, processes: int, nice: int = 0):
-        self.rules_path = rules_path
+    ``rulebook`` is the rule book validated at startup (``load_rules``), handed to every child as it
+    is: children spawned later (lazily, or after a crash) never re-read the rules file, so an edit
+    after startup can neither skip validation nor give two generations of children different rules."""
+
+    def __init__(self, rulebook: RuleBook | None, processes: int, nice: int = 0):
+        self.rulebook = rulebook
         self.processes = processes
         self.nice = nice
         self._lock = threading.Lock()
@@ -61,7 +66,7 @@ class ProcessPoolJob:
                     self.processes,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start_child,
-                    initargs=(self.rules_path, self.nice),
+                    initargs=(self.rulebook, self.nice),
                 )
             return self._executor
 
