@@ -1,10 +1,12 @@
 """The data-quality job in worker processes, against a real LocalStack: same results as in a
 thread, errors that keep their kind, and a pool that survives a killed child."""
 
-import contextlib
+import functools
+import multiprocessing
 import os
 import signal
-from concurrent.futures.process import BrokenProcessPool
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
@@ -14,6 +16,7 @@ from snsd.dq.job import DataQualityJob, JobError, make_job
 from snsd.dq.processes import ProcessPoolJob
 from snsd.dq.rules import load_rules
 from snsd.records import S3ObjectRecord
+from snsd.results import run_job
 from tests.localstack_fixtures import aws_env, localstack_url  # noqa: F401 - fixtures
 from tests.test_dq_job import PEOPLE_RULES
 
@@ -68,7 +71,7 @@ def test_a_job_error_keeps_its_kind_across_the_process_boundary(s3, rules):
 
 
 @pytest.mark.localstack
-def test_a_killed_child_fails_its_job_and_the_next_job_gets_a_new_one(s3, rules):
+def test_a_child_killed_between_jobs_fails_no_job_and_the_next_job_gets_a_new_pool(s3, rules):
     record = put(s3, "ok.csv", b"id,age\n1,30\n")
     job = ProcessPoolJob(load_rules(rules), processes=1)
     try:
@@ -76,13 +79,52 @@ def test_a_killed_child_fails_its_job_and_the_next_job_gets_a_new_one(s3, rules)
         (child,) = job._executor._processes.values()
         os.kill(child.pid, signal.SIGKILL)
         child.join()
-        with pytest.raises(BrokenProcessPool):
-            job(record)
+        # The job finds the pool broken by a death it had no part in: it runs on a fresh pool.
+        assert job(record)["verdict"] == "passed"
+        assert job.pools_replaced == 1
         assert job(record)["verdict"] == "passed"
     finally:
         job.close()
     with pytest.raises(RuntimeError):
         job(record)
+
+
+def _scripted(barrier, marker: str, record: dict) -> dict:
+    """A child's job for the crash tests: every first attempt meets at ``barrier`` so all are in
+    the pool at once; then "die" kills its process (and does again when retried), "wait" waits until
+    the broken pool stops its process and, retried, passes."""
+    if not os.path.exists(marker):
+        barrier.wait()
+        if record["key"] == "die":
+            open(marker, "w").close()  # after the barrier: every "wait" has looked for it already
+        else:
+            threading.Event().wait()
+    if record["key"] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"verdict": "passed", "pid": os.getpid()}
+
+
+def test_a_child_dying_fails_only_the_job_that_killed_it_not_the_others_in_the_pool(tmp_path):
+    job = ProcessPoolJob(None, processes=4)
+    with multiprocessing.get_context("spawn").Manager() as manager, ThreadPoolExecutor(4) as threads:
+        job._target = functools.partial(_scripted, manager.Barrier(4), str(tmp_path / "died"))
+        try:
+            keys = ["wait", "wait", "die", "wait"]
+            lines = [
+                f.result(timeout=120) for f in [threads.submit(run_job, job, S3ObjectRecord("b", k), 1) for k in keys]
+            ]
+            assert [(line["status"], line["error_kind"]) for line in lines] == [
+                ("ok", None),
+                ("ok", None),
+                ("error", "worker_crashed"),  # one failure towards the circuit breaker, not four
+                ("ok", None),
+            ]
+            assert "died again when the job was run again alone" in lines[2]["error"]
+            assert job.pools_replaced == 1  # four jobs saw the pool break; it was replaced once
+            assert job._alone is None  # the process for retried jobs is stopped once none waits
+            assert job(S3ObjectRecord("b", "next"))["verdict"] == "passed"  # the fresh pool
+        finally:
+            job.close()
 
 
 @pytest.mark.localstack
@@ -98,8 +140,6 @@ def test_children_run_the_rules_validated_at_startup_not_the_file_as_edited_sinc
         child.join()
         with open(rules, "w") as f:  # a valid edit is not picked up by the next generation either
             f.write("- {name: edited, schema: {fields: [{name: id}]}}\n")
-        with contextlib.suppress(BrokenProcessPool):
-            job(record)  # finds the pool broken by the kill
         assert job(record)["rule_set"] == "people"
     finally:
         job.close()

@@ -52,48 +52,109 @@ class ProcessPoolJob:
         self.rulebook = rulebook
         self.processes = processes
         self.nice = nice
+        self.pools_replaced = 0  # broken pools replaced, each exactly once however many jobs saw it break
+        self._target = _run_in_child  # what the children run for a record (tests script crashes with it)
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
+        self._alone: ProcessPoolExecutor | None = None  # one process for jobs retried after a crash
+        self._alone_lock = threading.Lock()  # one retried job at a time
+        self._retries_waiting = 0
         self._closed = False
+
+    def _new_executor(self, processes: int) -> ProcessPoolExecutor:
+        # spawn, not fork: a forked child would inherit the reactor, its threads and their locks.
+        return ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_child,
+            initargs=(self.rulebook, self.nice),
+        )
 
     def _current(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the data-quality worker processes are shut down")
             if self._executor is None:
-                # spawn, not fork: a forked child would inherit the reactor, its threads and their locks.
-                self._executor = ProcessPoolExecutor(
-                    self.processes,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_start_child,
-                    initargs=(self.rulebook, self.nice),
-                )
+                self._executor = self._new_executor(self.processes)
             return self._executor
 
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """The next job gets a fresh pool; called by every job that saw ``broken`` break, it acts
+        for the first only (the executor object is the pool's generation)."""
+        with self._lock:
+            if self._executor is broken:
+                log.error("a data-quality worker process died; starting new ones")
+                self._executor = None
+                self.pools_replaced += 1
+
     def __call__(self, record: S3ObjectRecord) -> dict:
+        payload = record.to_dict()
         executor = self._current()
         try:
-            return executor.submit(_run_in_child, record.to_dict()).result()
+            try:
+                future = executor.submit(self._target, payload)
+            except BrokenProcessPool:
+                # Broken before this job was handed over, so not by it: a fresh pool will do.
+                self._replace(executor)
+                executor = self._current()
+                future = executor.submit(self._target, payload)
+            return future.result()
         except BrokenProcessPool:
-            # A child died (OOM kill, a crash in native code): the jobs it was part of fail and
-            # become dead letters; the next job gets a fresh pool.
+            # A child died (OOM kill, a crash in native code) and the executor failed every job
+            # running or queued in the pool, not only the one that child was running; which one
+            # that was is not known.  Failing them all would count each towards the circuit
+            # breaker at once, so each is run again, alone.
+            self._replace(executor)
+        return self._run_alone(payload)
+
+    def _run_alone(self, payload: dict) -> dict:
+        """Run a job whose pool broke again, in a process of its own and one such job at a time,
+        so a job that kills its process again fails alone (``worker_crashed``) and no other job
+        with it.  The process is stopped once no retried job waits for it."""
+        from snsd.dq.job import JobError
+
+        with self._lock:
+            self._retries_waiting += 1
+        try:
+            with self._alone_lock:
+                with self._lock:
+                    if self._closed:
+                        raise RuntimeError("the data-quality worker processes are shut down")
+                    if self._alone is None:
+                        self._alone = self._new_executor(1)
+                    executor = self._alone
+                try:
+                    return executor.submit(self._target, payload).result()
+                except BrokenProcessPool:
+                    with self._lock:
+                        if self._closed:
+                            raise RuntimeError("the data-quality worker processes are shut down") from None
+                        self._alone = None
+                    raise JobError(
+                        "worker_crashed",
+                        "the worker process running this job died, and died again when the job was run"
+                        " again alone (killed, e.g. out of memory, or a crash in native code)",
+                    ) from None
+        finally:
             with self._lock:
-                if self._executor is executor:
-                    log.error("a data-quality worker process died; starting new ones for the next jobs")
-                    self._executor = None
-            raise
+                self._retries_waiting -= 1
+                idle = None
+                if self._retries_waiting == 0:
+                    idle, self._alone = self._alone, None
+            if idle is not None:
+                idle.shutdown(wait=False)
 
     def close(self) -> None:
         """Stop the children now, running jobs included: a drain has already waited for them
         as long as it may, and their records stay spooled for the next start."""
         with self._lock:
             self._closed = True
-            executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        # ProcessPoolExecutor has no terminate(); without one, interpreter exit would wait for
-        # a running job however long it takes.  Its worker table is the only handle on them.
-        for process in list(getattr(executor, "_processes", {}).values()):
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-        executor.shutdown(wait=False, cancel_futures=True)
+            executors = [e for e in (self._executor, self._alone) if e is not None]
+            self._executor = self._alone = None
+        for executor in executors:
+            # ProcessPoolExecutor has no terminate(); without one, interpreter exit would wait for
+            # a running job however long it takes.  Its worker table is the only handle on them.
+            for process in list(getattr(executor, "_processes", {}).values()):
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
+            executor.shutdown(wait=False, cancel_futures=True)
