@@ -1,11 +1,14 @@
 """The rules file: loading, strict validation and first-match-wins matching."""
 
 import datetime as dt
+import io
 import json
 
 import pytest
 
+from snsd.dq.job import DataQualityJob
 from snsd.dq.rules import RulesError, load_rules, parse_rules
+from snsd.records import S3ObjectRecord
 
 GOOD = """
 - name: orders
@@ -51,6 +54,43 @@ def test_json_rules_load(tmp_path):
     path = tmp_path / "rules.json"
     path.write_text(json.dumps([{"name": "j", "schema": {"fields": [{"name": "a", "type": "number"}]}}]))
     assert load_rules(path).rule_sets[0].fields[0].type == "number"
+
+
+def test_yaml_rules_in_flow_style_load_like_block_style(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("[{name: flow, key: '*.csv', schema: {fields: [{name: id, type: integer}]}}]\n")
+    assert load_rules(path).rule_sets[0].fields[0].type == "integer"
+    path.write_text("{rule_sets: [{name: flow, schema: {fields: [{name: id}]}}]}\n")
+    assert load_rules(path).rule_sets[0].name == "flow"
+
+
+class _OneObject:
+    """An S3 client holding one object."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def get_object(self, **_):
+        return {"Body": io.BytesIO(self.body)}
+
+
+def test_the_widest_bounds_accepted_at_load_are_usable_by_the_job():
+    book = parse_rules(
+        f"""
+- name: wide
+  schema:
+    fields:
+      - {{name: i, type: integer, constraints: {{minimum: {-(2**63)}, maximum: {2**63 - 1}, enum: [{2**63 - 1}, 1]}}}}
+      - {{name: n, type: number, constraints: {{minimum: {-(10**20)}, maximum: {2**53 + 1}, enum: [{10**20}, 2.5]}}}}
+""",
+        "r.yaml",
+    )
+    n = book.rule_sets[0].field("n")
+    assert (n.minimum, n.maximum, n.enum) == (-1e20, float(2**53 + 1), (1e20, 2.5))
+    job = DataQualityJob(book, s3_client_factory=lambda: _OneObject(b"i,n\n1,2.5\n2,3\n"))
+    result = job(S3ObjectRecord(bucket="b", key="wide.csv"))
+    failed = {(c["check"], c["field"]) for c in result["checks"] if not c["passed"]}
+    assert failed == {("enum", "i"), ("enum", "n")}
 
 
 def test_first_matching_rule_set_wins_and_globs_apply_to_bucket_and_key():
@@ -109,6 +149,29 @@ def test_no_rule_set_matches_an_empty_rulebook():
         ({"name": "x", "schema": {"fields": []}}, "non-empty list"),
         ({"name": "x", "colour": "red", "schema": {"fields": [{"name": "a"}]}}, "unknown key"),
         ({"name": "x", "allow_extra_fields": "no", "schema": {"fields": [{"name": "a"}]}}, "allow_extra_fields"),
+        (
+            {"name": "x", "schema": {"fields": [{"name": "a", "type": "integer", "constraints": {"minimum": 2**63}}]}},
+            "minimum: 9223372036854775808 is outside the 64-bit integer range",
+        ),
+        (
+            {
+                "name": "x",
+                "schema": {"fields": [{"name": "a", "type": "integer", "constraints": {"enum": [1, -(2**63) - 1]}}]},
+            },
+            "enum: -9223372036854775809 is outside the 64-bit integer range",
+        ),
+        (
+            {"name": "x", "schema": {"fields": [{"name": "a", "type": "number", "constraints": {"minimum": "nan"}}]}},
+            "minimum: NaN is not a usable value",
+        ),
+        (
+            {"name": "x", "schema": {"fields": [{"name": "a", "type": "number", "constraints": {"enum": [1, "NaN"]}}]}},
+            "enum: NaN is not a usable value",
+        ),
+        (
+            {"name": "x", "schema": {"fields": [{"name": "a", "type": "number", "constraints": {"maximum": 10**400}}]}},
+            "is not a number (a 64-bit float)",
+        ),
     ],
 )
 def test_invalid_rule_sets_name_file_rule_set_and_problem(tmp_path, rule_set, problem):

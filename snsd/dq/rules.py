@@ -43,6 +43,7 @@ _FIELD_KEYS = {"name", "type", "constraints", "format", "title", "description"}
 _SCHEMA_KEYS = {"fields", "primaryKey", "missingValues"}
 _RULE_SET_KEYS = {"name", "bucket", "key", "schema", "min_rows", "max_rows", "allow_extra_fields", "description"}
 # Frictionless' default lexical forms for booleans.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TRUE_VALUES = ("true", "True", "TRUE", "1")
 FALSE_VALUES = ("false", "False", "FALSE", "0")
 
@@ -113,10 +114,16 @@ def load_rules(path: str | Path) -> RuleBook:
 
 def parse_rules(text: str, source: str = "<rules>") -> RuleBook:
     try:
-        if source.lower().endswith(".json") or text.lstrip().startswith(("[", "{")):
+        if source.lower().endswith(".json"):
             data = json.loads(text)
         else:
-            data = yaml.safe_load(text)
+            try:
+                if not text.lstrip().startswith(("[", "{")):
+                    raise ValueError("not JSON")
+                data = json.loads(text)
+            except ValueError:
+                # YAML in flow style starts with [ or { too: `[{name: orders, ...}]`.
+                data = yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
         raise RulesError(f"{source}: not valid YAML/JSON: {e}") from e
     if isinstance(data, dict) and "rule_sets" in data:
@@ -295,20 +302,27 @@ def _typed_value(value: Any, type_: str, fmt: str | None, fail) -> Any:
     if type_ == "integer":
         if isinstance(value, bool):
             raise fail(f"{value!r} is not an integer")
-        if isinstance(value, int):
-            return value
         if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
-            return int(value)
-        raise fail(f"{value!r} is not an integer")
+            value = int(value)
+        if not isinstance(value, int):
+            raise fail(f"{value!r} is not an integer")
+        if not INT64_MIN <= value <= INT64_MAX:
+            # Integer columns are 64-bit: such a value could not be compared with them.
+            raise fail(f"{value} is outside the 64-bit integer range ({INT64_MIN} to {INT64_MAX})")
+        return value
     if type_ == "number":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if isinstance(value, float) and math.isnan(value):
-                raise fail("NaN is not a usable bound")
-            return value
+        if isinstance(value, bool):
+            raise fail(f"{value!r} is not a number")
+        if isinstance(value, int) and -(2**53) <= value <= 2**53:
+            return value  # kept exact (and shown as written in results)
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise fail(f"{value!r} is not a number") from None
+            # Number columns are 64-bit floats, which Arrow compares only with values they hold exactly.
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise fail(f"{value!r} is not a number (a 64-bit float)") from None
+        if math.isnan(number):
+            raise fail("NaN is not a usable value: it compares false with every number")
+        return number
     if type_ == "boolean":
         if isinstance(value, bool):
             return value
