@@ -42,8 +42,9 @@ CONSTRAINTS = ("required", "unique", "minimum", "maximum", "pattern", "enum", "m
 _FIELD_KEYS = {"name", "type", "constraints", "format", "title", "description"}
 _SCHEMA_KEYS = {"fields", "primaryKey", "missingValues"}
 _RULE_SET_KEYS = {"name", "bucket", "key", "schema", "min_rows", "max_rows", "allow_extra_fields", "description"}
-# Frictionless' default lexical forms for booleans.
+# Integer columns are int64: a bound or enum value outside this range could not be compared with them.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Frictionless' default lexical forms for booleans.
 TRUE_VALUES = ("true", "True", "TRUE", "1")
 FALSE_VALUES = ("false", "False", "FALSE", "0")
 
@@ -307,7 +308,6 @@ def _typed_value(value: Any, type_: str, fmt: str | None, fail) -> Any:
         if not isinstance(value, int):
             raise fail(f"{value!r} is not an integer")
         if not INT64_MIN <= value <= INT64_MAX:
-            # Integer columns are 64-bit: such a value could not be compared with them.
             raise fail(f"{value} is outside the 64-bit integer range ({INT64_MIN} to {INT64_MAX})")
         return value
     if type_ == "number":
