@@ -267,6 +267,24 @@ def test_malformed_csv_rows_are_a_failed_check_with_their_line(s3):
     assert result["rows"] == 2
 
 
+def test_quoted_line_breaks_are_read_in_every_block_and_bad_rows_get_their_record_number(s3):
+    rules = """
+- name: notes
+  schema:
+    fields: [{name: id, type: integer, constraints: {maximum: 100}}, {name: note}]
+"""
+    records = [f'{i},"line one\nline two {i}"\n' for i in range(1, 41)]
+    records[29] = "30,too,many\n"  # record 31 of the file (the header is record 1), physical line 60
+    records[34] = '500,"x\r\ny"\n'  # data row 34: the bad row before it is not a data row
+    body = ("id,note\n" + "".join(records)).encode()
+    assert len(body) > 10 * SMALL_BLOCK
+    result = job_for(rules)(put(s3, "notes.csv", body))
+    assert result["rows"] == 39
+    assert check(result, "parse_errors")["rows"] == [31]
+    assert check(result, "maximum", "id")["rows"] == [34]
+    assert check(result, "type", "id")["passed"] is True
+
+
 def test_broken_json_lines_are_reported_and_good_lines_still_checked(s3):
     body = b'{"id": 1, "age": 30}\n{"id": 2, "age": \n{"id": "two", "age": 999}\n'
     result = job_for(PEOPLE_RULES)(put(s3, "bad.jsonl", body))

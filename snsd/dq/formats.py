@@ -111,7 +111,9 @@ class CountingReader(io.RawIOBase):
 
 @dataclass
 class ParseErrors:
-    """Rows the parser could not make sense of; ``lines`` are physical line numbers in the (decompressed) file."""
+    """Rows the parser could not make sense of; ``lines`` locate them in the (decompressed) file: physical line
+    numbers for JSON Lines, record numbers for CSV/TSV (the header is record 1; a record is one line unless a
+    quoted value holds line breaks, and blank lines are not records)."""
 
     count: int = 0
     lines: list[int] = field(default_factory=list)
@@ -188,7 +190,11 @@ class _CsvSource(BatchSource):
         self._reader = pacsv.open_csv(
             self._stream,
             read_options=pacsv.ReadOptions(column_names=self.columns, block_size=block_size, use_threads=False),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=self._invalid_row),
+            # newlines_in_values: a quoted value may hold line breaks anywhere in the file, not only in its
+            # first block (without it Arrow's chunker cuts such a row in two and the read fails).
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, newlines_in_values=True, invalid_row_handler=self._invalid_row
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in self.columns},
                 strings_can_be_null=True,
@@ -198,8 +204,10 @@ class _CsvSource(BatchSource):
         )
 
     def _invalid_row(self, row) -> str:
-        # Arrow numbers lines from its first line, which is the line after our header.
-        self.parse_errors.add(row.number + 1 if row.number is not None else None)
+        # Arrow numbers CSV records (not physical lines: a quoted line break does not start a record and a
+        # blank line is not one) from 1, the record after our header; the header is record 1 for us.
+        number = row.number if row.number is not None and row.number >= 0 else None
+        self.parse_errors.add(number + 1 if number is not None else None)
         return "skip"
 
     def batches(self) -> Iterator[pa.RecordBatch]:
