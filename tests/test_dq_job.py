@@ -293,6 +293,23 @@ def test_broken_json_lines_are_reported_and_good_lines_still_checked(s3):
     assert check(result, "maximum", "age")["rows"] == [2]
 
 
+@pytest.mark.parametrize(
+    "body, missing, column_names",
+    [
+        (b'{"id": 1}\n{"id": 2}\n', ["age"], ["id"]),  # every line parses with the declared types
+        (b'{"id": 1}\nnot json\n', ["age"], ["id"]),  # a broken line: parsed line by line
+        (b'{"id": 1, "x": {"age": 3}}\n', ["age"], ["id", "x"]),  # a nested key is not a field
+        (b'{"id": 1, "age": null}\n{"id": 2}\n', [], ["id", "age"]),  # present, if only as null
+        (b'{"id": 1}\n' * 20 + b'{"id": 2, "\\u0061ge": null}\n', [], ["id", "age"]),  # in a later chunk, escaped
+    ],
+)
+def test_json_lines_fields_are_present_only_if_a_line_has_the_key(s3, body, missing, column_names):
+    result = job_for(PEOPLE_RULES)(put(s3, "partial.jsonl", body))
+    assert check(result, "fields_present")["observed"] == missing
+    assert check(result, "fields_present")["passed"] is (not missing)
+    assert result["column_names"] == column_names
+
+
 # --------------------------------------------------------------------------- profile for unmatched objects
 
 

@@ -269,7 +269,7 @@ class _JsonLinesSource(BatchSource):
             table = self._parse_slowly(chunk)
         else:
             self._line += lines
-        self._note_columns(table.column_names)
+            self._note_columns(self._present(table, chunk))
         yield from table.to_batches()
 
     def _parse_slowly(self, chunk: bytes) -> pa.Table:
@@ -289,15 +289,49 @@ class _JsonLinesSource(BatchSource):
             rows.append(value)
         if chunk.endswith(b"\n"):
             self._line -= 1  # split() yields one empty piece after the final newline
-        names = list(dict.fromkeys([*(self._schema.names if self._schema else []), *(k for r in rows for k in r)]))
+        # Only the keys the rows have: a declared field no row has is missing, and the checks treat it as null.
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        self._note_columns(names)
         # Everything as its lexical form: the checks convert strings to the declared types row by row.
         columns = {name: pa.array([_lexical(r.get(name)) for r in rows], type=pa.string()) for name in names}
         return pa.table(columns) if columns else pa.table({})
+
+    def _present(self, table: pa.Table, chunk: bytes) -> list[str]:
+        """The table's columns that some row of ``chunk`` has as a key.  With an explicit schema Arrow adds
+        every declared column, as nulls where the key is absent; an all-null declared column is only
+        present if some row has the key (with a null value)."""
+        declared = set(self._schema.names) if self._schema is not None else set()
+        return [
+            name
+            for name in table.column_names
+            if name in self._seen
+            or name not in declared
+            or table.column(name).null_count < table.num_rows
+            or _has_key(chunk, name)
+        ]
 
     def _note_columns(self, names: list[str]) -> None:
         for name in names:
             self._seen.setdefault(name, None)
         self.columns = list(self._seen)
+
+
+def _has_key(chunk: bytes, name: str) -> bool:
+    """Whether some JSON object line of ``chunk`` has the top-level key ``name``.  Only lines that contain the
+    key's text (or a \\u escape, which could spell it) are decoded."""
+    needle = json.dumps(name, ensure_ascii=False).encode()
+    escaped = b"\\u" in chunk
+    if needle not in chunk and not escaped:
+        return False
+    for line in chunk.split(b"\n"):
+        if needle in line or (escaped and b"\\u" in line):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict) and name in value:
+                return True
+    return False
 
 
 def _lexical(value) -> str | None:
