@@ -11,6 +11,7 @@ jobs share the daemon's thread pool.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -33,6 +34,8 @@ from snsd.dq.rules import RuleSet
 DEFAULT_BLOCK_SIZE = 1 << 20
 # JSON Lines chunks: each is parsed by one read_json call; a few MB amortises the call.
 DEFAULT_JSON_CHUNK = 4 << 20
+# A JSON Lines line may span this many chunks; a longer one makes the object unreadable (bounded memory).
+JSON_LINE_CHUNKS = 4
 PARQUET_SPOOL_MEMORY = 32 << 20
 PARQUET_BATCH_ROWS = 65536
 EXAMPLE_ROWS = 5
@@ -175,12 +178,18 @@ class _CsvSource(BatchSource):
         # Arrow report line numbers of invalid rows.
         # Read the header ourselves so every column can be declared a string: Arrow's type inference
         # looks at the first block only and would fail on a later bad value with an exception instead of
-        # a failed check with row numbers.  (A header with a quoted newline is not supported.)
-        header = self._stream.readline()
+        # a failed check with row numbers.  (A header with a quoted newline is not supported.)  Like any row,
+        # the header must fit in a block: a longer one (or a file without line breaks) is unreadable rather
+        # than read into memory whole.  Blank lines before it are skipped, as Arrow skips them after it.
+        header = self._read_header_line(block_size)
+        if header.startswith(codecs.BOM_UTF8):
+            header = header[len(codecs.BOM_UTF8) :]
+        while header and not header.strip():
+            header = self._read_header_line(block_size)
         self._empty = not header.strip()
         if self._empty:
             return
-        self.columns = next(csv.reader([header.decode("utf-8-sig")], delimiter=delimiter))
+        self.columns = next(csv.reader([header.decode("utf-8")], delimiter=delimiter))
         # Arrow refuses a stream with nothing after the header; that is just a file with no rows.
         self._empty = not self._stream.peek(1)
         if self._empty:
@@ -202,6 +211,12 @@ class _CsvSource(BatchSource):
                 null_values=missing,
             ),
         )
+
+    def _read_header_line(self, limit: int) -> bytes:
+        line = self._stream.readline(limit + 1)
+        if len(line) > limit and not line.endswith(b"\n"):
+            raise UnreadableError(f"the CSV header is longer than the block size ({limit} bytes)")
+        return line
 
     def _invalid_row(self, row) -> str:
         # Arrow numbers CSV records (not physical lines: a quoted line break does not start a record and a
@@ -234,21 +249,24 @@ class _JsonLinesSource(BatchSource):
             self._schema = pa.schema([(f.name, types.get(f.type, pa.string())) for f in rule_set.fields])
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        rest = b""
+        rest = bytearray()  # the start of a line that has not ended yet
+        limit = JSON_LINE_CHUNKS * self._block_size
         while True:
             try:
                 data = self._stream.read(self._block_size)
             except (OSError, EOFError, zlib.error) as e:
                 raise UnreadableError(f"cannot read JSON Lines: {e}") from e
             if not data:
-                chunk, rest = rest, b""
+                chunk = bytes(rest)
             else:
-                data = rest + data
                 cut = data.rfind(b"\n")
-                if cut < 0:  # one line longer than the block: keep reading
-                    rest = data
+                if cut < 0:  # one line longer than the block: keep reading, up to a limit
+                    rest += data
+                    if len(rest) > limit:
+                        raise UnreadableError(f"a JSON Lines line is longer than {limit} bytes")
                     continue
-                chunk, rest = data[: cut + 1], data[cut + 1 :]
+                rest += data[: cut + 1]
+                chunk, rest = bytes(rest), bytearray(data[cut + 1 :])
             if chunk.strip():
                 yield from self._parse(chunk)
             elif chunk:
