@@ -134,6 +134,29 @@ def test_content_type_decides_when_the_key_has_no_known_suffix(s3, content_type,
     assert (result["format"], result["rows"], check(result, "maximum", "age")["rows"]) == (fmt, 12, [7])
 
 
+@pytest.mark.parametrize(
+    "key, extra, fmt",
+    [
+        ("people.csv", {"ContentEncoding": "gzip"}, "csv.gz"),
+        ("people.jsonl", {"ContentEncoding": "gzip", "ContentType": "application/x-ndjson"}, "jsonl.gz"),
+        ("people.csv", {"ContentType": "application/gzip"}, "csv.gz"),
+        ("people.csv.gz", {"ContentType": "application/x-gzip", "ContentEncoding": "gzip"}, "csv.gz"),
+        ("drop/people", {"ContentType": "text/csv", "ContentEncoding": "x-gzip"}, "csv.gz"),
+    ],
+)
+def test_gzip_content_encoding_or_type_means_compressed_whatever_the_key(s3, key, extra, fmt):
+    body = gzip.compress(people_jsonl() if "jsonl" in key else people_csv())
+    result = job_for(PEOPLE_RULES)(put(s3, key, body, **extra))
+    assert (result["format"], result["rows"], check(result, "maximum", "age")["rows"]) == (fmt, 12, [7])
+
+
+def test_gzip_without_a_known_format_inside_is_unsupported(s3):
+    body = gzip.compress(people_csv())
+    cases = [("drop/people", {"ContentType": "application/gzip"}), ("p.parquet", {"ContentEncoding": "gzip"})]
+    for key, extra in cases:
+        assert job_for(PEOPLE_RULES)(put(s3, key, body, **extra))["verdict"] == "unsupported"
+
+
 def test_other_objects_are_unsupported_not_errors(s3):
     result = job_for(PEOPLE_RULES)(put(s3, "pic.png", b"\x89PNG...", ContentType="image/png"))
     assert result["verdict"] == "unsupported"

@@ -72,26 +72,24 @@ class Format:
 
 
 def detect_format(key: str, content_type: str | None = None, content_encoding: str | None = None) -> Format | None:
-    """The format by key suffix, else by Content-Type; None means unsupported."""
+    """The format by key suffix, else by Content-Type; None means unsupported.
+
+    The object is gzip-compressed if its key ends in ``.gz``, its ``Content-Encoding`` is gzip (S3 returns the
+    stored bytes as they are) or its Content-Type is a gzip type; the format inside then comes from the key.
+    """
     lower = key.lower()
-    compression = None
+    media = (content_type or "").split(";")[0].strip().lower()
+    encodings = {token.strip() for token in (content_encoding or "").lower().split(",")}
+    compression = "gzip" if encodings & {"gzip", "x-gzip"} or media in _GZIP_TYPES else None
     if lower.endswith(".gz"):
         compression = "gzip"
         lower = lower[:-3]
-    for suffix, kind in _SUFFIXES.items():
-        if lower.endswith(suffix):
-            if compression and kind == "parquet":
-                return None  # Parquet compresses internally; a gzipped Parquet file cannot be read by row group.
-            return Format(kind, compression)
-    media = (content_type or "").split(";")[0].strip().lower()
-    if media in _CONTENT_TYPES:
-        kind = _CONTENT_TYPES[media]
-        if (content_encoding or "").strip().lower() == "gzip" and kind != "parquet":
-            compression = "gzip"
-        if compression and kind == "parquet":
-            return None
-        return Format(kind, compression)
-    return None
+    kind = next((kind for suffix, kind in _SUFFIXES.items() if lower.endswith(suffix)), _CONTENT_TYPES.get(media))
+    if kind is None:
+        return None
+    if compression and kind == "parquet":
+        return None  # Parquet compresses internally; a gzipped Parquet file cannot be read by row group.
+    return Format(kind, compression)
 
 
 class CountingReader(io.RawIOBase):
