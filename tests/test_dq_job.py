@@ -1,5 +1,6 @@
 """The data-quality job end to end against moto's in-process S3: formats, constraints, verdicts, errors."""
 
+import decimal
 import gzip
 import io
 import json
@@ -217,6 +218,41 @@ def test_each_constraint_fails_at_the_right_rows(s3, type_, constraints, values,
     body = ("n,v\n" + "".join(f"{i},{v}\n" for i, v in enumerate(good, 1))).encode()
     result = job_for(one_column_rules(type_, constraints), block_size=48)(put(s3, "good.csv", body))
     assert check(result, check_name, "v")["passed"] is True, result["checks"]
+
+
+def parquet_of(**columns) -> bytes:
+    out = io.BytesIO()
+    pq.write_table(pa.table(columns), out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "column, bad_rows, lowest",
+    [
+        (pa.array([2**63 + 5, 7, None], pa.uint64()), [1], 7),  # above int64: does not wrap round
+        (pa.array([float("inf"), 1e30, float("nan"), 3.0, -(2.0**63), 2.0**63]), [1, 2, 3, 6], -(2**63)),
+        (
+            pa.array([decimal.Decimal("1.5"), decimal.Decimal("4"), decimal.Decimal(2**63)], pa.decimal128(38, 1)),
+            [1, 3],
+            4,
+        ),
+    ],
+)
+def test_native_values_outside_int64_or_not_whole_are_bad_integers(s3, column, bad_rows, lowest):
+    rules = one_column_rules("integer", {"minimum": -(2**63)})
+    result = job_for(rules)(put(s3, "n.parquet", parquet_of(v=column)))
+    assert (check(result, "type", "v")["rows"], check(result, "minimum", "v")["observed"]) == (bad_rows, lowest)
+
+
+def test_nan_fails_both_bounds_of_a_number_and_big_integers_are_numbers(s3):
+    rules = one_column_rules("number", {"minimum": 0, "maximum": 10})
+    result = job_for(rules)(put(s3, "nan.csv", b"v\n1\nnan\n2\n"))
+    assert (check(result, "minimum", "v")["rows"], check(result, "maximum", "v")["rows"]) == ([2], [2])
+    assert (check(result, "minimum", "v")["observed"], check(result, "maximum", "v")["observed"]) == (1.0, 2.0)
+    result = job_for(rules)(put(s3, "nan-only.csv", b"v\nNaN\n"))
+    assert check(result, "minimum", "v")["observed"] is None and check(result, "minimum", "v")["passed"] is False
+    result = job_for(rules)(put(s3, "big.parquet", parquet_of(v=pa.array([2**53 + 1, 5], pa.int64()))))
+    assert check(result, "type", "v")["passed"] is True and check(result, "maximum", "v")["rows"] == [1]
 
 
 def test_only_the_first_five_failing_rows_are_listed_but_all_are_counted(s3):

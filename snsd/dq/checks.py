@@ -168,15 +168,33 @@ def coerce(array: pa.Array, spec: FieldSpec) -> tuple[pa.Array, pa.Array | None]
     t = array.type
     if kind == "integer":
         if pa.types.is_integer(t):
-            return pc.cast(array, pa.int64(), safe=False), None
-        if pa.types.is_floating(t) or pa.types.is_decimal(t):
+            try:
+                return pc.cast(array, pa.int64()), None
+            except pa.ArrowInvalid:  # uint64 above the int64 range
+                too_big = pc.fill_null(pc.greater(array, pa.scalar(_INT64_MAX, t)), False)
+                return pc.cast(pc.if_else(too_big, pa.scalar(None, t), array), pa.int64()), too_big
+        if pa.types.is_decimal(t):
+            try:
+                return pc.cast(array, pa.int64()), None
+            except pa.ArrowInvalid:  # a fraction or out of range: sort the values out one by one
+                values = array.to_pylist()
+                good = [v is not None and v == v.to_integral_value() and _in_int64(v) for v in values]
+                typed = pa.array([int(v) if ok else None for v, ok in zip(values, good, strict=True)], pa.int64())
+                return typed, pa.array([v is not None and not ok for v, ok in zip(values, good, strict=True)])
+        if pa.types.is_floating(t):
             as_float = pc.cast(array, pa.float64())
-            whole = pc.fill_null(pc.equal(pc.floor(as_float), as_float), False)
-            typed = pc.cast(pc.if_else(whole, as_float, pa.scalar(None, pa.float64())), pa.int64(), safe=False)
-            return typed, pc.and_(pc.is_valid(array), pc.invert(whole))
+            # Whole and within int64 (NaN and infinities are not; 2**63 is the first float above the range).
+            ok = pc.and_(
+                pc.equal(pc.floor(as_float), as_float),
+                pc.and_(pc.greater_equal(as_float, -(2.0**63)), pc.less(as_float, 2.0**63)),
+            )
+            ok = pc.fill_null(ok, False)
+            typed = pc.cast(pc.if_else(ok, as_float, pa.scalar(None, pa.float64())), pa.int64(), safe=False)
+            return typed, pc.and_(pc.is_valid(array), pc.invert(ok))
     elif kind == "number":
         if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-            return pc.cast(array, pa.float64()), None
+            # Not a safe cast: an integer above 2**53 is still a number, to the nearest float.
+            return pc.cast(array, pa.float64(), safe=False), None
     elif kind == "boolean":
         if pa.types.is_boolean(t):
             return array, None
@@ -190,6 +208,13 @@ def coerce(array: pa.Array, spec: FieldSpec) -> tuple[pa.Array, pa.Array | None]
             return pc.cast(array, pa.timestamp("us")), None
     # A type that cannot hold the declared kind: every present value is wrong.
     return pa.nulls(len(array), _ARROW_TYPES[kind]), pc.is_valid(array)
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _in_int64(value) -> bool:
+    return -(2**63) <= value <= _INT64_MAX
 
 
 _ARROW_TYPES = {
@@ -304,10 +329,14 @@ class TableChecker:
                 state.type.add(bad, offset)
             if spec.required:
                 state.required.add(pc.is_null(column), offset)
+            # NaN compares false with everything, so it would pass any bound: it fails both instead.
+            nan = pc.is_nan(typed) if pa.types.is_floating(typed.type) else None
             if spec.minimum is not None:
-                state.minimum.add(pc.less(typed, pa.scalar(spec.minimum, typed.type)), offset)
+                below = pc.less(typed, pa.scalar(spec.minimum, typed.type))
+                state.minimum.add(below if nan is None else pc.or_(below, nan), offset)
             if spec.maximum is not None:
-                state.maximum.add(pc.greater(typed, pa.scalar(spec.maximum, typed.type)), offset)
+                above = pc.greater(typed, pa.scalar(spec.maximum, typed.type))
+                state.maximum.add(above if nan is None else pc.or_(above, nan), offset)
             if spec.minimum is not None or spec.maximum is not None:
                 self._note_range(state, typed)
             if spec.enum is not None:
@@ -343,6 +372,8 @@ class TableChecker:
     def _note_range(state: _FieldState, typed: pa.Array) -> None:
         bounds = pc.min_max(typed)
         low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        if low != low:  # NaN: only NaN values (min_max skips NaN otherwise), which are no extreme
+            low = high = None
         if low is not None and (state.lowest is None or low < state.lowest):
             state.lowest = low
         if high is not None and (state.highest is None or high > state.highest):
