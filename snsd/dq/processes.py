@@ -24,6 +24,9 @@ from snsd.records import S3ObjectRecord
 
 log = Logger()
 
+# How often a thread waiting on a child checks that the pool has noticed a dead child (below).
+CHILD_WATCH = 1.0
+
 _job = None  # this child process's DataQualityJob
 
 
@@ -98,7 +101,7 @@ class ProcessPoolJob:
                 self._replace(executor)
                 executor = self._current()
                 future = executor.submit(self._target, payload)
-            return future.result()
+            return _result(executor, future)
         except BrokenProcessPool:
             # A child died (OOM kill, a crash in native code) and the executor failed every job
             # running or queued in the pool, not only the one that child was running; which one
@@ -124,7 +127,7 @@ class ProcessPoolJob:
                         self._alone = self._new_executor(1)
                     executor = self._alone
                 try:
-                    return executor.submit(self._target, payload).result()
+                    return _result(executor, executor.submit(self._target, payload))
                 except BrokenProcessPool:
                     with self._lock:
                         if self._closed:
@@ -158,3 +161,24 @@ class ProcessPoolJob:
                 if process.is_alive():
                     os.kill(process.pid, signal.SIGTERM)
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _result(executor: ProcessPoolExecutor, future):
+    """``future.result()``, without waiting forever on a child's death the executor missed.
+
+    CPython's executor (3.11, and 3.12 alike) wakes its manager thread *before* it spawns a child
+    for a new job, so a child spawned after that wake-up is not among the processes it watches
+    until the next wake-up.  If that child dies first, the jobs in the other children wait until
+    one of them finishes; tests/test_dq_processes.py hung on it 1 run in 3.  So every CHILD_WATCH
+    seconds the waiting thread looks for a dead child and, if there is one, wakes the manager
+    thread (private attributes, looked up defensively), which then fails the pool's jobs as broken.
+    """
+    while True:
+        try:
+            return future.result(timeout=CHILD_WATCH)
+        except TimeoutError:
+            processes = list((getattr(executor, "_processes", None) or {}).values())
+            if any(process.exitcode is not None for process in processes):
+                wakeup = getattr(executor, "_executor_manager_thread_wakeup", None)
+                if wakeup is not None:
+                    wakeup.wakeup()
