@@ -45,7 +45,7 @@ _CONNECTION = (
 
 class JobError(Exception):
     """The job could not judge the object.  ``kind`` is one of s3_not_found, s3_access_denied,
-    s3_connection, s3_error, unreadable."""
+    s3_connection, s3_error, unreadable, worker_crashed (raised by snsd.dq.processes)."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(f"{kind}: {message}")
