@@ -101,6 +101,14 @@ class Harness:
         self.sink.close()
 
 
+async def started_recording_keys(tmp_path, **options) -> tuple[Harness, list[str]]:
+    """A started harness whose job records each record's key, in the order they ran."""
+    ran: list[str] = []
+    h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, **options)
+    await h.start()
+    return h, ran
+
+
 @pytest_twisted.ensureDeferred
 async def test_never_more_than_workers_jobs_at_once(tmp_path):
     lock = threading.Lock()
@@ -167,9 +175,7 @@ async def test_a_failed_verdict_is_a_successful_job(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_spool_mode_holds_records_while_open_and_runs_them_after(tmp_path):
-    ran = []
-    h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, workers=2)
-    await h.start()
+    h, ran = await started_recording_keys(tmp_path, workers=2)
     h.breaker.force_open()
     done = await h.track("m-1", "a", "b", "c")
     assert await h.spool.counts() == {"records": 3, "dead_letters": 0}
@@ -182,9 +188,7 @@ async def test_spool_mode_holds_records_while_open_and_runs_them_after(tmp_path)
 
 @pytest_twisted.ensureDeferred
 async def test_a_caller_giving_up_on_accept_leaves_the_write_and_its_count_alone(tmp_path):
-    ran = []
-    h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, workers=2)
-    await h.start()
+    h, ran = await started_recording_keys(tmp_path, workers=2)
     h.breaker.force_open()  # spool mode: records wait, so the count can be read
     gone = envelope("m-gone", ["gone.csv"])
     accepted = h.dispatcher.accept(gone, records_of(gone))
@@ -204,9 +208,7 @@ async def test_a_caller_giving_up_on_accept_leaves_the_write_and_its_count_alone
 
 @pytest_twisted.ensureDeferred
 async def test_a_failed_claim_is_tried_again_without_waiting_for_new_work(tmp_path):
-    ran = []
-    h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, workers=1)
-    await h.start()
+    h, ran = await started_recording_keys(tmp_path, workers=1)
     claim, calls = h.spool.claim, []
 
     def locked_twice(after_id, limit):
@@ -226,9 +228,7 @@ async def test_a_failed_claim_is_tried_again_without_waiting_for_new_work(tmp_pa
 
 @pytest_twisted.ensureDeferred
 async def test_half_open_runs_one_trial_then_the_rest(tmp_path):
-    ran = []
-    h = Harness(tmp_path, lambda record: ran.append(record.key) or {}, workers=3, max_failures=1)
-    await h.start()
+    h, ran = await started_recording_keys(tmp_path, workers=3, max_failures=1)
     h.breaker.failed(h.breaker.acquire())
     assert h.breaker.state is State.OPEN
     done = await h.track("m-1", "a", "b", "c")

@@ -154,16 +154,7 @@ def test_malformed_records_are_ignored_with_a_reason_that_says_what(event, reaso
 
 
 def test_eventbridge_object_created():
-    event = {
-        "source": "aws.s3",
-        "detail-type": "Object Created",
-        "time": "2026-11-29T10:00:00Z",
-        "detail": {
-            "bucket": {"name": "incoming"},
-            "object": {"key": "a b.csv", "size": 5, "etag": "e"},
-            "reason": "PutObject",
-        },
-    }
+    event = _replaced(EVENTBRIDGE_EVENT, ("detail", "object", "key"), "a b.csv")
     (record,) = parse_s3_message(json.dumps(event)).records
     assert (record.bucket, record.key, record.size) == ("incoming", "a b.csv", 5)
 

@@ -46,26 +46,34 @@ def run_tool(module: str, *args: str, env: dict[str, str]) -> subprocess.Complet
 
 
 class ConfirmingListener:
-    """A minimal subscriber on loopback: confirms subscriptions by GETting SubscribeURL, as snsd does."""
+    """A minimal subscriber on loopback: confirms subscriptions by GETting SubscribeURL and answers
+    /readyz, as snsd does (tests/test_tools_run.py uses it as an snsd left running on a port)."""
 
     def __init__(self):
         self.received: list[dict] = []
         listener = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200 if self.path == "/readyz" else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 listener.received.append(body)
                 if body.get("Type") == "SubscriptionConfirmation":
                     urllib.request.urlopen(body["SubscribeURL"], timeout=10).read()
                 self.send_response(200)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}/"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):

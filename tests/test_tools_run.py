@@ -8,22 +8,18 @@ SSH session closing), a port something else answers on, and a daemon that exits 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from snsd.tools import localstack as ls
 from tests import localstack_fixtures
-from tests.test_tools_localstack import listening_addresses
+from tests.test_tools_localstack import ConfirmingListener, listening_addresses
 
 pytestmark = pytest.mark.localstack
 
@@ -151,47 +147,8 @@ def test_a_hangup_stops_the_daemon_and_the_localstack_the_run_started(tmp_path):
         run.cleanup()
 
 
-class FakeSnsd:
-    """Something already answering on the port as snsd would (an snsd orphaned by an earlier run):
-    ready on /readyz, and confirming any subscription it is sent."""
-
-    def __init__(self):
-        self.confirmed: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200 if self.path == "/readyz" else 404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if body.get("Type") == "SubscriptionConfirmation":
-                    urllib.request.urlopen(body["SubscribeURL"], timeout=10).read()
-                    fake.confirmed.append(body["TopicArn"])
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_port_answered_by_another_snsd_fails_without_the_banner(tmp_path, localstack_url, aws_env):
-    with FakeSnsd() as fake:
+    with ConfirmingListener() as fake:  # an snsd an earlier run left on the port
         run = Run(tmp_path, "--port", str(fake.port), env={**os.environ, **aws_env})
         try:
             run.wait_banner_or_exit()
