@@ -246,7 +246,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
     dedup = DedupCache(clock, ttl=settings["dedup-ttl"])
     endpoint = SNSEndpoint(
         verifier=verifier,
-        confirmer=SubscriptionConfirmer(http_client, host_trust),
+        confirmer=SubscriptionConfirmer(http_client, host_trust, clock=clock),
         dedup=dedup,
         dispatcher=dispatcher,
         breaker=breaker,
