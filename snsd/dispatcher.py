@@ -177,9 +177,14 @@ class Dispatcher(Service):
             self.pending -= len(records)
             return failure
 
+        try:
+            write = self.spool.add(envelope, records)
+        except BaseException:
+            self.pending -= len(records)  # nothing was queued: give the reservation back
+            raise
         # The caller may give up (the client hangs up and Klein cancels its handler), but the
         # write goes on and commits: the pending count must follow the write, not the caller.
-        return _detached(self.spool.add(envelope, records).addCallbacks(spooled, failed), "spooling a message")
+        return _detached(write.addCallbacks(spooled, failed), "spooling a message")
 
     def forget(self, message_id: str) -> None:
         """A message answered 5xx after its records were spooled: let SNS's retry in again."""

@@ -157,10 +157,12 @@ def _text(value) -> str | None:
 
 
 def _int_or_none(value) -> int | None:
-    # Not bool (an int to Python) and not a float's fraction: a size is a whole number.
+    # Not bool (an int to Python) and not a float's fraction: a size is a whole number, and one
+    # that fits the spool's 64-bit JSON (1e300 would fail the write after the message was taken).
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         return None
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if 0 <= number < 1 << 63 else None

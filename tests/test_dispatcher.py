@@ -207,6 +207,21 @@ async def test_a_caller_giving_up_on_accept_leaves_the_write_and_its_count_alone
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_write_that_cannot_even_be_queued_gives_its_reservation_back(tmp_path):
+    h, _ = await started_recording_keys(tmp_path, workers=1)
+
+    def unwritable(envelope, records):
+        raise TypeError("Integer exceeds 64-bit range")  # what orjson said of a size of 1e300
+
+    h.spool.add = unwritable
+    env = envelope("m-1", ["a"])
+    with pytest.raises(TypeError):
+        h.dispatcher.accept(env, records_of(env))
+    assert h.dispatcher.pending == 0
+    await h.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_failed_claim_is_tried_again_without_waiting_for_new_work(tmp_path):
     h, ran = await started_recording_keys(tmp_path, workers=1)
     claim, calls = h.spool.claim, []

@@ -458,6 +458,16 @@ def test_ack_after_job_answers_503_to_jobs_still_running_and_the_job_still_repor
     assert unhandled == []
 
 
+@pytest.mark.parametrize("size", [1e300, 2**64, -5])
+def test_a_size_no_object_can_have_is_dropped_not_a_500(snsd, size):
+    event = json.loads(s3_message("big.csv"))
+    event["Records"][0]["s3"]["object"]["size"] = size
+    status, body, _ = snsd.post(signed(notification(json.dumps(event))))
+    assert (status, body) == (200, {"status": "accepted", "jobs": 1})
+    assert [(r.key, r.size) for r in snsd.jobs_seen] == [("big.csv", None)]
+    assert snsd.dispatcher.pending == 0
+
+
 def test_metrics_are_served(snsd):
     snsd.post(signed_notification("a.csv"))
     status, body, _ = snsd.request("GET", "/metrics")
