@@ -359,7 +359,8 @@ def test_broken_json_lines_are_reported_and_good_lines_still_checked(s3):
         (b'{"id": 1}\nnot json\n', ["age"], ["id"]),  # a broken line: parsed line by line
         (b'{"id": 1, "x": {"age": 3}}\n', ["age"], ["id", "x"]),  # a nested key is not a field
         (b'{"id": 1, "age": null}\n{"id": 2}\n', [], ["id", "age"]),  # present, if only as null
-        (b'{"id": 1}\n' * 20 + b'{"id": 2, "\\u0061ge": null}\n', [], ["id", "age"]),  # in a later chunk, escaped
+        (b'{"id": 1}\n' * 20 + b'{"id": 2, "age": null}\n', [], ["id", "age"]),  # only in a later chunk
+        (b'{"id": 1, "name": "Ren\\u00e9e"}\n' * 20, ["age"], ["id", "name"]),  # escapes in values cost nothing
     ],
 )
 def test_json_lines_fields_are_present_only_if_a_line_has_the_key(s3, body, missing, column_names):
@@ -367,6 +368,20 @@ def test_json_lines_fields_are_present_only_if_a_line_has_the_key(s3, body, miss
     assert check(result, "fields_present")["observed"] == missing
     assert check(result, "fields_present")["passed"] is (not missing)
     assert result["column_names"] == column_names
+
+
+def test_json_lines_rows_without_keys_are_still_rows(s3):
+    result = job_for(PEOPLE_RULES)(put(s3, "empty-objects.jsonl", b"{}\n{}\nnot json\n"))
+    assert result["rows"] == 2
+    assert check(result, "required", "id")["passed"] is False
+
+
+def test_json_lines_key_written_with_json_dumps_escapes_is_present(s3):
+    rules = "- name: cafes\n  schema:\n    fields: [{name: id}, {name: café}]\n"
+    body = "".join(json.dumps({"id": i, "café": "x"}) + "\n" for i in range(30)).encode()  # "caf\\u00e9"
+    assert b"\\u00e9" in body
+    result = job_for(rules)(put(s3, "cafes.jsonl", body))
+    assert check(result, "fields_present")["passed"] is True
 
 
 # --------------------------------------------------------------------------- profile for unmatched objects
