@@ -46,6 +46,9 @@ LEVEL_ENV = "SNSD_LOG_LEVEL"
 SUMMARY_INTERVAL = 10.0
 # Lines of one kind printed per interval before the rest are only counted.
 THROTTLE_BURST = 5
+# Distinct reasons of one line pattern with a budget each per interval; the rest share one.
+MAX_REASONS = 8
+OTHER_REASONS = "(other reasons)"
 # Twisted's namespaces for redirected standard output and error (twisted.logger._io).
 UNTHROTTLED_NAMESPACES = frozenset({"stdout", "stderr"})
 
@@ -151,7 +154,9 @@ class Throttle:
 
     An event's kind is its namespace, level, format string (``"job failed {bucket}/{key}"``) and
     its ``reason`` field if it has one, so distinct messages of one kind (each failing job) share
-    one budget, while a refusal for one reason cannot hide one for another.  :meth:`flush`,
+    one budget, while a refusal for one reason cannot hide one for another.  Reasons can carry
+    a request's text (a bad ``Type``), so each line pattern gets its own budget for at most
+    ``MAX_REASONS`` reasons per interval; further reasons share one more.  :meth:`flush`,
     called every interval, emits one summary event per kind that was cut short and opens a new
     interval.  Failures (events carrying a traceback) of one kind are throttled like any other.
 
@@ -166,14 +171,23 @@ class Throttle:
         self._lock = threading.Lock()
         self._seen: dict[tuple, int] = {}
         self._example: dict[tuple, dict] = {}
+        self._reasons: dict[tuple, set] = {}  # per line pattern, the reasons with a budget of their own
 
     def __call__(self, event: dict) -> None:
         namespace, level = event.get("log_namespace"), event.get("log_level")
         if level is LogLevel.critical or namespace in UNTHROTTLED_NAMESPACES:
             self._observer(event)
             return
-        kind = (namespace, level, event.get("log_format"), event.get("reason"))
+        pattern, reason = (namespace, level, event.get("log_format")), event.get("reason")
         with self._lock:
+            if reason is not None:
+                reasons = self._reasons.setdefault(pattern, set())
+                if reason not in reasons:
+                    if len(reasons) >= MAX_REASONS:
+                        reason = OTHER_REASONS
+                    else:
+                        reasons.add(reason)
+            kind = (*pattern, reason)
             seen = self._seen.get(kind, 0) + 1
             self._seen[kind] = seen
             if seen > self.burst:
@@ -186,6 +200,7 @@ class Throttle:
             cut = [(kind, self._seen[kind] - self.burst, self._example[kind]) for kind in self._example]
             self._seen = {}
             self._example = {}
+            self._reasons = {}
         for (namespace, level, _format, _reason), suppressed, last in cut:
             summary = {
                 "log_namespace": namespace,

@@ -134,6 +134,19 @@ def test_throttle_gives_each_reason_its_own_budget_and_never_cuts_critical_or_st
     assert [e.get("log_io") for e in seen[5:]] == [f"traceback line {i}" for i in range(5)]
 
 
+def test_reasons_from_requests_cannot_multiply_the_budget():
+    from snsd.logs import MAX_REASONS
+
+    seen = []
+    throttle = Throttle(seen.append, burst=5, clock=Clock())
+    web = Logger(namespace="snsd.web", observer=throttle)
+    for i in range(1000):  # a bad Type per request: "unknown message type 'X17'"
+        web.info("refused {status} {reason}", status=400, reason=f"unknown message type 'X{i}'")
+    assert len(seen) == MAX_REASONS + 5  # one line for each of the first reasons, 5 for all the rest
+    throttle.flush(10)
+    assert seen[-1]["suppressed"] == 1000 - MAX_REASONS - 5
+
+
 def test_debug_is_dropped_at_the_default_level_and_shown_when_asked():
     out = io.StringIO()
     observer, _ = make_observer("json", out, LogLevel.info)
