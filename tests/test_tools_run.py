@@ -119,9 +119,10 @@ def own_localstack_env(port: int) -> dict[str, str]:
 
 
 def test_a_hangup_stops_the_daemon_and_the_localstack_the_run_started(tmp_path):
-    """`setsid make run &` then `kill -HUP -- -PGID`: nothing may survive with PPID 1."""
+    """`setsid make run &` then `kill -HUP -- -PGID`: nothing may survive with PPID 1.  (With JSON
+    logs asked for in the shell: the run still reads snsd's text line that says it is listening.)"""
     ls_port, port = ls.free_port(), ls.free_port()
-    run = Run(tmp_path, "--port", str(port), env=own_localstack_env(ls_port))
+    run = Run(tmp_path, "--port", str(port), env={**own_localstack_env(ls_port), "SNSD_LOG_FORMAT": "json"})
     try:
         run.wait_banner_or_exit()
         assert run.process.poll() is None, run.output()

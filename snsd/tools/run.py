@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     twistd = str(Path(sys.executable).with_name("twistd"))
     try:
         with ensure_localstack() as localstack:
-            env = aws_environment(localstack)
+            # This run reads snsd's "listening on HOST:PORT" line: text, at info, whatever the shell set.
+            env = {**aws_environment(localstack), "SNSD_LOG_FORMAT": "text", "SNSD_LOG_LEVEL": "info"}
             command = [
                 twistd,
                 "-n",
