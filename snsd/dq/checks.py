@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from snsd.dq.formats import EXAMPLE_ROWS, ParseErrors
-from snsd.dq.rules import FALSE_VALUES, TRUE_VALUES, FieldSpec, RuleSet
+from snsd.dq.rules import FALSE_VALUES, INT64_MAX, INT64_MIN, TRUE_VALUES, FieldSpec, RuleSet
 
 _INTEGER_RE = r"^[+-]?[0-9]+$"
 _DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
@@ -171,14 +171,14 @@ def coerce(array: pa.Array, spec: FieldSpec) -> tuple[pa.Array, pa.Array | None]
             try:
                 return pc.cast(array, pa.int64()), None
             except pa.ArrowInvalid:  # uint64 above the int64 range
-                too_big = pc.fill_null(pc.greater(array, pa.scalar(_INT64_MAX, t)), False)
+                too_big = pc.fill_null(pc.greater(array, pa.scalar(INT64_MAX, t)), False)
                 return pc.cast(pc.if_else(too_big, pa.scalar(None, t), array), pa.int64()), too_big
         if pa.types.is_decimal(t):
             try:
                 return pc.cast(array, pa.int64()), None
             except pa.ArrowInvalid:  # a fraction or out of range: sort the values out one by one
                 values = array.to_pylist()
-                good = [v is not None and v == v.to_integral_value() and _in_int64(v) for v in values]
+                good = [v is not None and v == v.to_integral_value() and INT64_MIN <= v <= INT64_MAX for v in values]
                 typed = pa.array([int(v) if ok else None for v, ok in zip(values, good, strict=True)], pa.int64())
                 return typed, pa.array([v is not None and not ok for v, ok in zip(values, good, strict=True)])
         if pa.types.is_floating(t):
@@ -208,13 +208,6 @@ def coerce(array: pa.Array, spec: FieldSpec) -> tuple[pa.Array, pa.Array | None]
             return pc.cast(array, pa.timestamp("us")), None
     # A type that cannot hold the declared kind: every present value is wrong.
     return pa.nulls(len(array), _ARROW_TYPES[kind]), pc.is_valid(array)
-
-
-_INT64_MAX = 2**63 - 1
-
-
-def _in_int64(value) -> bool:
-    return -(2**63) <= value <= _INT64_MAX
 
 
 _ARROW_TYPES = {
