@@ -31,6 +31,7 @@ from snsd.breaker import CircuitBreaker
 from snsd.dispatcher import Dispatcher
 from snsd.pool import WorkerPool
 from snsd.sinks import make_sink
+from snsd.site import make_site
 from snsd.spool import SQLiteSpool
 from snsd.trust.certs import CertificateStore
 from snsd.trust.confirm import SubscriptionConfirmer
@@ -39,7 +40,7 @@ from snsd.trust.hosts import HostTrust
 from snsd.trust.offload import SignatureChecks
 from snsd.trust.topics import TopicAllowList
 from snsd.trust.verifier import MessageVerifier
-from snsd.web import SNSEndpoint, make_site
+from snsd.web import SNSEndpoint
 
 log = Logger()
 
