@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
+from snsd.admission import BreakerPolicy
 from snsd.breaker import CircuitBreaker, State
 from snsd.dispatcher import CLAIM_RETRY, Backpressure, Dispatcher
 from snsd.envelope import parse_envelope
@@ -65,7 +66,7 @@ class Harness:
             self.sink,
             self.clock,
             workers=workers,
-            breaker_mode=mode,
+            policy=BreakerPolicy(self.breaker, mode),
             max_pending=max_pending,
         )
 
