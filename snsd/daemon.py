@@ -26,6 +26,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from snsd.admission import Admission, BreakerPolicy, Readiness
 from snsd.breaker import CircuitBreaker
 from snsd.dispatcher import Dispatcher
 from snsd.pool import WorkerPool
@@ -34,7 +35,7 @@ from snsd.site import make_site
 from snsd.spool import SQLiteSpool
 from snsd.trust.certs import CertificateStore
 from snsd.trust.confirm import SubscriptionConfirmer
-from snsd.trust.dedup import DedupCache
+from snsd.trust.dedup import AcceptedIds, DedupCache
 from snsd.trust.hosts import HostTrust
 from snsd.trust.offload import SignatureChecks
 from snsd.trust.topics import TopicAllowList
@@ -113,8 +114,7 @@ class SNSDaemon(MultiService):
         return port
 
     def _recovered(self, recovery):
-        for message_id, accepted_at in recovery.recent_message_ids:
-            self.dedup.remember(message_id, accepted_at)
+        self.dedup.load(recovery.recent_message_ids)
         self.dispatcher.start(recovery)
         self._pruning = LoopingCall(self._prune)
         self._pruning.clock = self._reactor
@@ -143,7 +143,7 @@ class SNSDaemon(MultiService):
     @inlineCallbacks
     def _stop(self):
         timeout = self.settings["drain-timeout"]
-        self.endpoint.draining = True
+        # The dispatcher's drain (below, in this same turn) is what refuses new POSTs from now on.
         if self._pruning is not None and self._pruning.running:
             self._pruning.stop()
         log.info(
@@ -222,6 +222,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
     pool = WorkerPool(reactor, settings["workers"], nice=settings["job-nice"])
     spool = SQLiteSpool(reactor, settings["spool"])
     sink = make_sink(settings)
+    policy = BreakerPolicy(breaker, settings["breaker-mode"])
     dispatcher = Dispatcher(
         spool,
         pool,
@@ -230,7 +231,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         sink,
         clock,
         workers=settings["workers"],
-        breaker_mode=settings["breaker-mode"],
+        policy=policy,
         max_pending=settings["max-pending"],
     )
     host_trust = HostTrust(settings["trusted-host"])
@@ -244,17 +245,21 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         verify_signatures=settings["verify-signatures"],
         checks=checks,
     )
-    dedup = DedupCache(clock, ttl=settings["dedup-ttl"])
+    dedup = AcceptedIds(DedupCache(clock, ttl=settings["dedup-ttl"]), spool)
+    admission = Admission(
+        dispatcher,
+        dedup,
+        policy,
+        SubscriptionConfirmer(http_client, host_trust, clock=clock),
+        clock,
+        ack=settings["ack"],
+    )
     endpoint = SNSEndpoint(
         verifier=verifier,
-        confirmer=SubscriptionConfirmer(http_client, host_trust, clock=clock),
-        dedup=dedup,
-        dispatcher=dispatcher,
+        admission=admission,
+        readiness=Readiness(pool, dispatcher),
         breaker=breaker,
-        pool=pool,
         clock=clock,
-        breaker_mode=settings["breaker-mode"],
-        ack=settings["ack"],
         max_body=settings["max-body"],
         basic_auth=settings["basic-auth"],
         allow_raw_delivery=settings["allow-raw-delivery"],

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.python.failure import Failure
 
 from snsd import metrics
+from snsd.admission import AlreadyAccepted, Backpressure, BreakerPolicy
 from snsd.breaker import CircuitBreaker, State
 from snsd.envelope import SNSEnvelope
 from snsd.logs import Logger
@@ -21,9 +22,9 @@ from snsd.spool import SpooledRecord
 
 log = Logger()
 
-SKIP, REJECT, SPOOL = "skip", "reject", "spool"
+__all__ = ["AlreadyAccepted", "Backpressure", "Dispatcher"]
+
 CLAIM_RETRY = 1.0  # seconds before a failed claim is tried again
-BREAKER_MODES = (SKIP, REJECT, SPOOL)
 
 # Sub-millisecond jobs gain nothing from running side by side: under the GIL they cannot, and
 # each extra busy thread makes the reactor wait for the GIL.  Handed to the pool one by one they
@@ -48,14 +49,6 @@ BATCH_WAIT = 0.005
 LONG_JOB = 0.01
 
 
-class Backpressure(Exception):
-    """Too many records are waiting; the message is refused and nothing is recorded."""
-
-
-class AlreadyAccepted(Exception):
-    """The spool accepted this MessageId within the dedup TTL: a redelivery, answered as a duplicate."""
-
-
 class Dispatcher(Service):
     name = "dispatcher"
 
@@ -69,7 +62,7 @@ class Dispatcher(Service):
         clock,
         *,
         workers: int,
-        breaker_mode: str = SKIP,
+        policy: BreakerPolicy | None = None,
         max_pending: int = 10_000,
         batch_wait: float = BATCH_WAIT,
     ):
@@ -80,7 +73,7 @@ class Dispatcher(Service):
         self.sink = sink
         self.clock = clock
         self.workers = workers
-        self.breaker_mode = breaker_mode
+        self.policy = policy if policy is not None else BreakerPolicy(breaker)
         self.max_pending = max_pending
         self.batch_wait = batch_wait
         self.pending = 0  # records spooled and not yet claimed (or reserved by an in-flight add)
@@ -186,16 +179,6 @@ class Dispatcher(Service):
         # write goes on and commits: the pending count must follow the write, not the caller.
         return _detached(write.addCallbacks(spooled, failed), "spooling a message")
 
-    def forget(self, message_id: str) -> None:
-        """A message answered 5xx after its records were spooled: let SNS's retry in again."""
-
-        def failed(failure):
-            log.failure(
-                "could not forget {message_id}: its retry will read as a duplicate", failure, message_id=message_id
-            )
-
-        self.spool.forget(message_id).addErrback(failed)
-
     def skip(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
         """The breaker is open in ``skip`` mode: keep the records as dead letters."""
 
@@ -238,7 +221,7 @@ class Dispatcher(Service):
                 break
             permits.append(permit)
         if not permits:
-            if self.breaker_mode == SKIP and self.breaker.is_open:
+            if self.policy.skips_spooled():
                 self._claim(free, permits=None)
             return
         self._claim(len(permits), permits)
@@ -346,14 +329,13 @@ class Dispatcher(Service):
         """Run each record's job and record its result; in a worker thread.
 
         Returns, per record, its result line or the Failure of writing it to the sink.  A batch's
-        results go to the sink in one ``write_many`` call where the sink has one; if that fails,
-        each is written alone, so only a result that cannot be written fails (one written before
-        the failure may then appear twice: results are at least once, as after a crash)."""
+        results go to the sink in one ``write_many`` call; if that fails, each is written alone,
+        so only a result that cannot be written fails (one written before the failure may then
+        appear twice: results are at least once, as after a crash)."""
         lines = [run_job(self.job, spooled.record, spooled.attempts) for spooled in batch]
-        write_many = getattr(self.sink, "write_many", None)
-        if write_many is not None and len(lines) > 1:
+        if len(lines) > 1:
             try:
-                write_many(lines)
+                self.sink.write_many(lines)
                 return lines
             except Exception:
                 pass  # written one by one below: then only a result that cannot be written fails

@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
+from snsd.admission import BreakerPolicy
 from snsd.breaker import CircuitBreaker, State
 from snsd.dispatcher import CLAIM_RETRY, Backpressure, Dispatcher
 from snsd.envelope import parse_envelope
@@ -65,7 +66,7 @@ class Harness:
             self.sink,
             self.clock,
             workers=workers,
-            breaker_mode=mode,
+            policy=BreakerPolicy(self.breaker, mode),
             max_pending=max_pending,
         )
 
@@ -462,6 +463,11 @@ async def test_a_result_the_sink_cannot_write_dead_letters_its_record_alone_with
             if line["key"] == "bad":
                 raise OSError("disk full")
             self.sink.write(line)
+
+        def write_many(self, lines):
+            if any(line["key"] == "bad" for line in lines):
+                raise OSError("disk full")
+            self.sink.write_many(lines)
 
     h = await started_with_short_jobs(tmp_path)
     h.dispatcher.sink = RefusingSink(h.sink)

@@ -71,3 +71,52 @@ def test_expired_entries_are_dropped_from_memory():
     assert len(cache) == 50
     clock.advance(10)
     assert len(cache) == 0
+
+
+# -- AcceptedIds: the memory and the spool behind one interface ----------------------------
+
+
+def accepted_ids(clock):
+    from snsd.spool import SQLiteSpool
+    from snsd.trust.dedup import AcceptedIds
+    from tests.trust_helpers import result_of
+
+    spool = SQLiteSpool(None, ":memory:", clock=clock, inline=True)
+    result_of(spool.open())
+    return spool, AcceptedIds(DedupCache(clock, ttl=600), spool)
+
+
+def spooled_message(message_id):
+    from snsd.records import parse_s3_message
+    from tests.trust_helpers import envelope, notification
+    from tests.web_harness import s3_message
+
+    env = envelope(notification(s3_message("a.csv"), message_id=message_id))
+    return env, parse_s3_message(env.message).records
+
+
+def test_forget_lets_a_recorded_message_in_again_in_memory_and_in_the_spool():
+    from tests.trust_helpers import result_of
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    spool, ids = accepted_ids(clock)
+    env, records = spooled_message("m-1")
+    assert ids.reserve("m-1")
+    assert result_of(spool.add(env, records))
+    assert not ids.reserve("m-1")
+    ids.release("m-1")
+    assert result_of(spool.add(env, records)) is None  # release: the memory only
+    ids.forget("m-1")
+    assert "m-1" not in ids
+    assert ids.reserve("m-1")
+    assert result_of(spool.add(env, records))  # forget: the spool too
+
+
+def test_ids_found_at_startup_are_duplicates_for_the_rest_of_their_ttl():
+    clock = Clock()
+    clock.advance(1_000_000)
+    _, ids = accepted_ids(clock)
+    ids.load((("old", clock.seconds() - 600), ("recent", clock.seconds() - 10)))
+    assert "old" not in ids and "recent" in ids
+    assert not ids.reserve("recent")

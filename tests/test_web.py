@@ -9,8 +9,8 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import globalLogPublisher
 
+from snsd.admission import AFTER_JOB_WAIT
 from snsd.trust.dedup import DedupCache
-from snsd.web import AFTER_JOB_WAIT
 from tests.trust_helpers import TOPIC, notification, result_of, signed, subscription_confirmation
 from tests.web_harness import CONFIRMED_ARN, Snsd, s3_message
 
@@ -253,11 +253,11 @@ def test_duplicates_get_200_duplicate_and_no_new_job(snsd):
 
 
 def test_a_duplicate_the_bounded_memory_has_let_go_of_is_still_caught_by_the_spool(snsd):
-    snsd.endpoint.dedup = DedupCache(snsd.clock, max_entries=1)
+    snsd.accepted.memory = DedupCache(snsd.clock, max_entries=1)
     first = signed_notification("a.csv")
     assert snsd.post(first)[1]["status"] == "accepted"
     assert snsd.post(signed_notification("b.csv"))[1]["status"] == "accepted"  # pushes a.csv's id out
-    assert first["MessageId"] not in snsd.endpoint.dedup
+    assert first["MessageId"] not in snsd.accepted
     assert snsd.post(first)[1] == {"status": "duplicate"}
     assert [r.key for r in snsd.jobs_seen] == ["a.csv", "b.csv"]
 
@@ -305,7 +305,7 @@ def test_breaker_skip_mode_answers_skipped_and_keeps_dead_letters(tmp_path):
     status, body, _ = snsd.post(later)
     assert (status, body) == (200, {"status": "skipped", "jobs": 1})
     assert snsd.counts() == {"records": 0, "dead_letters": 3}
-    snsd.endpoint.dedup.release(later["MessageId"])  # as if the bounded memory had let go of it
+    snsd.accepted.release(later["MessageId"])  # as if the bounded memory had let go of it
     assert snsd.post(later)[1] == {"status": "duplicate"}
     assert snsd.counts() == {"records": 0, "dead_letters": 3}
 
@@ -365,12 +365,12 @@ def test_health_and_readiness(snsd):
     assert snsd.request("GET", "/healthz") == (200, {"status": "alive"}, snsd.request("GET", "/healthz")[2])
     status, body, _ = snsd.request("GET", "/readyz")
     assert status == 200 and body["status"] == "ready"
-    snsd.endpoint.draining = True
+    snsd.dispatcher.drain(30)
     assert snsd.request("GET", "/readyz")[0] == 503
 
 
 def test_while_draining_new_posts_get_503(snsd):
-    snsd.endpoint.draining = True
+    snsd.dispatcher.drain(30)
     status, _, headers = snsd.post(signed_notification("a.csv"))
     assert status == 503 and headers.getRawHeaders("Retry-After")
     assert snsd.jobs_seen == []

@@ -1,5 +1,8 @@
 """Recently seen MessageIds, so SNS's at-least-once redeliveries run one job, not several.
 
+:class:`AcceptedIds` is the one owner of "already accepted": the bounded memory below in front
+of the ids the spool persists with each accepted message.  Admission asks it and nothing else.
+
 An id is *reserved* the moment a delivery starts being handled, not when it finishes, so two
 concurrent deliveries of the same message cannot both pass; a delivery refused with 5xx
 *releases* its id so the SNS retry is accepted.  Entries expire ``ttl`` seconds after they were
@@ -15,6 +18,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
+
+from snsd.logs import Logger
+
+log = Logger()
 
 
 class DedupCache:
@@ -75,3 +82,44 @@ class DedupCache:
     def __len__(self) -> int:
         self._purge(self._clock.seconds())
         return len(self._seen)
+
+
+class AcceptedIds:
+    """ "Already accepted", in memory and in the spool, behind one interface.
+
+    The memory (:class:`DedupCache`) answers at once and catches concurrent deliveries of one
+    message; the spool keeps every accepted id for the TTL and across restarts, and refuses a
+    redelivery the memory has let go of atomically with the write itself (``SQLiteSpool.add``
+    fires with None; the dispatcher raises ``AlreadyAccepted``).
+    """
+
+    def __init__(self, memory: DedupCache, spool) -> None:
+        self.memory = memory
+        self._spool = spool
+
+    def reserve(self, message_id: str) -> bool:
+        """Mark ``message_id`` as being handled; False: it was accepted already (a duplicate)."""
+        return self.memory.reserve(message_id)
+
+    def release(self, message_id: str) -> None:
+        """Refused before anything was recorded (a 5xx): SNS's retry must get in."""
+        self.memory.release(message_id)
+
+    def forget(self, message_id: str) -> None:
+        """Recorded, then answered 5xx after all (``--ack after-job``): let SNS's retry in again."""
+        self.memory.release(message_id)
+
+        def failed(failure):
+            log.failure(
+                "could not forget {message_id}: its retry will read as a duplicate", failure, message_id=message_id
+            )
+
+        self._spool.forget(message_id).addErrback(failed)
+
+    def load(self, recent: tuple[tuple[str, float], ...]) -> None:
+        """Preload ``(message_id, accepted_at)`` pairs the spool found at startup."""
+        for message_id, accepted_at in recent:
+            self.memory.remember(message_id, accepted_at)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self.memory
