@@ -132,7 +132,7 @@ class SNSDaemon(MultiService):
     def _prune(self) -> Deferred:
         # A LoopingCall whose call fails stops for good: one locked or full disk would end pruning,
         # and the messages table would grow for the rest of the process's life.
-        return self.spool.prune(self.settings["dedup-ttl"]).addErrback(
+        return self.spool.prune().addErrback(
             lambda f: log.failure("pruning the spool failed; trying again in {interval:g}s", f, interval=PRUNE_INTERVAL)
         )
 

@@ -77,8 +77,8 @@ async def test_a_failed_prune_does_not_end_pruning(tmp_path):
         daemon._pruning.clock = clock
         daemon._pruning.start(PRUNE_INTERVAL, now=False)
 
-        def prune(ttl):
-            calls.append(ttl)
+        def prune():
+            calls.append(clock.seconds())
             return defer.fail(OSError("disk I/O error")) if len(calls) == 1 else defer.succeed(0)
 
         daemon.spool.prune = prune

@@ -1,4 +1,4 @@
-"""What only the SQLite spool does: group commits, checkpoints off the reactor, WAL mode.
+"""What only the SQLite spool does: group commits, checkpoints off the reactor, WAL mode, a lean file.
 
 What every spool does (add, claim, complete, dead letters, recovery, dedup) is in
 ``test_spool_protocol.py``, run against this implementation among others."""
@@ -16,13 +16,13 @@ from snsd.records import S3ObjectRecord
 from snsd.spool import SQLiteSpool
 
 
-def envelope(message_id="m-1"):
+def envelope(message_id="m-1", message="{}"):
     body = json.dumps(
         {
             "Type": "Notification",
             "MessageId": message_id,
             "TopicArn": "arn:aws:sns:us-east-1:1:t",
-            "Message": "{}",
+            "Message": message,
             "Timestamp": "2026-11-29T10:00:00.000Z",
         }
     ).encode()
@@ -136,3 +136,88 @@ async def test_closing_commits_every_queued_operation_not_only_the_first_batch(p
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (MAX_BATCH + 10,)
     conn.close()
+
+
+def rows(path, sql):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_envelope_stays_only_while_a_record_of_its_message_is_owed_a_result(path):
+    spool, _ = await opened(path)
+    first, second = await spool.add(envelope("m-1"), records("a", "b"))
+    await spool.add(envelope("m-2"), ())  # nothing owed: no envelope kept at all
+    assert rows(path, "SELECT envelope LIKE '%m-1%', pending FROM envelopes") == [(1, 2)]
+    await spool.complete(first)
+    assert rows(path, "SELECT envelope LIKE '%m-1%', pending FROM envelopes") == [(1, 1)]
+    await spool.dead_letter(second, "job_error", "gone")  # the dead letter has its own copy
+    assert rows(path, "SELECT id FROM envelopes") == []
+    assert rows(path, "SELECT message_id FROM dead_letters WHERE envelope LIKE '%m-1%'") == [("m-1",)]
+    # Remembered: ids and times only.
+    assert [column for _, column, *_ in rows(path, "PRAGMA table_info(messages)")] == [
+        "message_id",
+        "accepted_at",
+        "remember_until",
+    ]
+    await spool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redelivery_after_its_time_keeps_the_envelope_for_every_record_owed(path):
+    clock = Clock()
+    spool, _ = await opened(path, clock)
+    (first,) = await spool.add(envelope("m-1"), records("a"))
+    clock.advance(3601)
+    (second,) = await spool.add(envelope("m-1"), records("a"))  # new again, the first still owed
+    assert rows(path, "SELECT pending FROM envelopes") == [(1,), (1,)]
+    await spool.complete(first)
+    await spool.dead_letter(second, "job_error", "gone")
+    assert rows(path, "SELECT COUNT(*) FROM dead_letters WHERE envelope IS NOT NULL") == [(1,)]
+    assert rows(path, "SELECT COUNT(*) FROM envelopes") == [(0,)]
+    await spool.close()
+
+
+# About what SNS sends for one S3 object: a 2 KB envelope.
+BIG_MESSAGE = json.dumps({"Records": [{"s3": {"object": {"key": "k" * 1500}}}]})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_remembered_message_costs_under_200_bytes_and_a_burst_gives_its_space_back(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.FREE_PAGES_KEPT", 16)
+    monkeypatch.setattr("snsd.spool.VACUUM_SLICE", 1000)  # several slices, a reactor turn apart
+    clock = Clock()
+    spool, _ = await opened(path, clock)
+    n = 5000
+    adds = [
+        spool.add(envelope(f"{i:08d}-1b4e28ba-2fa1-11d2-883f-0016d3cca427", BIG_MESSAGE), records("k"))
+        for i in range(n)
+    ]
+    ids = [record_id for added in await defer.gatherResults(adds) for record_id in added]
+    ((grown,),) = rows(path, "PRAGMA page_count")
+    await spool.complete(*ids)  # a burst of envelopes, all finished
+    await spool.prune()  # nothing to forget yet; gives the envelopes' pages back
+    await spool.close()
+    ((pages,),), ((page_size,),), ((free,),) = (
+        rows(path, f"PRAGMA {p}") for p in ("page_count", "page_size", "freelist_count")
+    )
+    assert (pages - free) * page_size / n < 200  # what the remembered ids take
+    assert free == 16 and pages < grown / 10  # the rest went back to the file system
+    assert rows(path, "SELECT COUNT(*) FROM messages") == [(n,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_prune_works_in_slices_so_no_operation_holds_the_reactor_long(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.PRUNE_SLICE", 7)
+    clock = Clock()
+    spool, _ = await opened(path, clock)
+    await defer.gatherResults([spool.add(envelope(f"m-{i}"), ()) for i in range(30)])
+    clock.advance(3601)
+    commits = spool.commits
+    assert await spool.prune() == 30
+    assert spool.commits - commits >= 5  # 7 + 7 + 7 + 7 + 2, then the vacuum's look at the free pages
+    assert rows(path, "SELECT COUNT(*) FROM messages") == [(0,)]
+    await spool.close()
