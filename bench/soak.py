@@ -40,6 +40,7 @@ def _sender(port, rate, seconds, connections, key_pem, cert_url, answered, pipe)
     prefix = uuid.uuid4().hex[:8]
     statuses: dict = {}
     accepted: list[str] = []  # MessageIds answered 200
+    latencies: list[float] = []
     worst_lag = 0.0
 
     async def connection(next_index):
@@ -61,6 +62,7 @@ def _sender(port, rate, seconds, connections, key_pem, cert_url, answered, pipe)
                 fields = build_notification(
                     s3_event(f"soak/{i:08d}.csv"), TOPIC, message_id=message_id, sign_key_pem=key_pem, cert_url=cert_url
                 )
+                sent = loop.time()
                 writer.write(request_bytes(json.dumps(fields).encode()))
                 buffer = b""
                 while response_length(buffer) is None:
@@ -69,6 +71,7 @@ def _sender(port, rate, seconds, connections, key_pem, cert_url, answered, pipe)
                         statuses["dropped"] = statuses.get("dropped", 0) + 1
                         return
                     buffer += data
+                latencies.append(loop.time() - sent)
                 status = int(buffer[9:12])
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
@@ -86,7 +89,9 @@ def _sender(port, rate, seconds, connections, key_pem, cert_url, answered, pipe)
 
     t0 = 0.0
     asyncio.run(run())
-    pipe.send((statuses, accepted, worst_lag))
+    latencies.sort()
+    pick = [latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 for q in (0.5, 0.99, 0.999, 1.0)]
+    pipe.send((statuses, accepted, worst_lag, pick))
     pipe.close()
 
 
@@ -171,7 +176,7 @@ def main(argv=None) -> int:
         # Until the sender reports (its report may be larger than a pipe holds: it waits for us).
         while not parent.poll(max(0.0, args.sample - (time.monotonic() - t0 - samples[-1][0]))):
             sample(t0)
-        statuses, accepted, worst_lag = parent.recv()
+        statuses, accepted, worst_lag, latency = parent.recv()
         sender.join()
         # The last results: every accepted record should have one shortly.
         deadline = time.monotonic() + 60
@@ -192,7 +197,9 @@ def main(argv=None) -> int:
     sent_rate = sum(statuses.values()) / seconds
     print(
         f"soak | {args.rate:g}/s x {args.minutes:g} min (achieved {sent_rate:.0f}/s, behind at most {worst_lag:.2f} s),"
-        f" --dedup-ttl {ttl}: answers {statuses}; results {len(got)} ({lines - len(got)} duplicate lines),"
+        f" --dedup-ttl {ttl}: answers {statuses}"
+        f" (p50 {latency[0]:.1f} ms, p99 {latency[1]:.1f}, p99.9 {latency[2]:.1f}, max {latency[3]:.1f});"
+        f" results {len(got)} ({lines - len(got)} duplicate lines),"
         f" dead letters {len(dead)}, lost {lost};"
         f" spool {db / 1e6:.1f} MB + WAL {wal / 1e6:.1f} MB for {remembered} remembered ids:"
         f" {db / max(remembered, 1):.0f} B/id ({(db + wal) / max(remembered, 1):.0f} with the WAL);"

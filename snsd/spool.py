@@ -18,7 +18,8 @@ Why not a writer thread: with ``synchronous=NORMAL`` in WAL mode a commit is a w
 page cache, no fsync, and costs less (tens of microseconds) than handing each operation to
 another thread and back under the GIL (measured in docs/performance.md).  The one step that
 does fsync, the WAL checkpoint, is taken off the reactor: automatic checkpoints are off and a
-thread checkpoints from its own connection every ``CHECKPOINT_EVERY`` operations.
+thread checkpoints from its own connection every ``CHECKPOINT_EVERY`` operations; when the WAL
+has grown past ``WAL_RESET_BYTES`` anyway, commits pause while the thread resets it.
 
 :class:`SQLiteSpool` is one implementation of :class:`snsd.protocols.Spool`, the interface the
 dispatcher and the daemon use, so another backend (SQS, say) can stand in for it.
@@ -26,6 +27,7 @@ dispatcher and the daemon use, so another backend (SQS, say) can stand in for it
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -57,6 +59,10 @@ PRUNE_SLICE = 5000
 VACUUM_SLICE = 2048
 # Free pages a prune leaves in the file (4 MB at SQLite's 4 KB pages), for the inserts to come.
 FREE_PAGES_KEPT = 1024
+# A WAL larger than this after a checkpoint is reset (see SQLiteSpool._reset_wal_if_big); the
+# reset may wait this long (seconds) for a reader, while commits wait for it.
+WAL_RESET_BYTES = 16 * 1024 * 1024
+WAL_RESET_WAIT = 0.2
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,8 @@ class SQLiteSpool:
         self._flush_call = None
         self._since_checkpoint = 0
         self._checkpointing = False
+        self._paused = False  # commits wait while the WAL is reset
+        self.wal_resets = 0  # for tests and benchmarks
         # Called at the start of each group commit, so it can add operations that should see
         # this batch's writes in the same transaction (the dispatcher's claim).
         self.before_flush = None
@@ -167,7 +175,7 @@ class SQLiteSpool:
         if self._conn is None:
             return succeed(None)
         while self._queued:  # a flush takes at most MAX_BATCH operations
-            self._flush()
+            self._flush(force=True)
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
@@ -332,7 +340,7 @@ class SQLiteSpool:
         """Give up to ``VACUUM_SLICE`` free pages back to the file system, keeping
         ``FREE_PAGES_KEPT`` for the inserts to come; returns how many it gave back."""
         conn = self._conn
-        if conn is None or conn.in_transaction:  # closed meanwhile; or (never seen) inside a commit
+        if conn is None or self._paused or conn.in_transaction:  # closed, or not between commits now
             return 0
         (free,) = conn.execute("PRAGMA freelist_count").fetchone()
         pages = min(free - FREE_PAGES_KEPT, VACUUM_SLICE)
@@ -376,8 +384,13 @@ class SQLiteSpool:
             self._flush_call.reset(0)  # a lazy flush was waiting: this operation cannot
         return d
 
-    def _flush(self) -> list[Deferred]:
-        """Run the queued operations in one transaction; fire their Deferreds once it commits."""
+    def _flush(self, force: bool = False) -> list[Deferred]:
+        """Run the queued operations in one transaction; fire their Deferreds once it commits.
+
+        Not while the WAL is being reset (they wait for the next flush), unless ``force``d."""
+        if self._paused and not force:
+            self._flush_call = None
+            return []
         if self.before_flush is not None and not self._inline:
             self.before_flush()
         if self._flush_call is not None and self._flush_call.active():
@@ -435,22 +448,61 @@ class SQLiteSpool:
             return
         self._checkpointing = True
         self._since_checkpoint = 0
-        path = self.path
-
-        def checkpoint():
-            conn = sqlite3.connect(path, isolation_level=None)
-            try:
-                return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            finally:
-                conn.close()
 
         def done(result):
             self._checkpointing = False
             return result
 
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), checkpoint)
+        d = self._in_thread(_wal_checkpoint, self.path, "PASSIVE", 5.0)
+        d.addCallback(self._reset_wal_if_big)
         d.addBoth(done).addErrback(lambda f: log.failure("spool checkpoint failed", f))
         self.last_checkpoint = d
+
+    def _reset_wal_if_big(self, passive: tuple) -> Deferred | tuple:
+        """Start the WAL again from its beginning once it has grown past ``WAL_RESET_BYTES``.
+
+        SQLite rewinds the WAL only when a write begins after a checkpoint that copied all of it;
+        under steady load a commit always lands while the passive checkpoint runs, so the WAL
+        never rewinds and grows by every page every commit writes (about 25 KB a message at 100
+        messages/s).  Here commits pause, on the reactor, without blocking it (operations queue
+        up and join the next group commit), while a thread copies what the passive checkpoint
+        left (the frames written meanwhile: few) and truncates the WAL.
+        """
+        if self._conn is None or _size(self.path + "-wal") <= WAL_RESET_BYTES:
+            return passive
+        self._paused = True
+
+        def resume(result):
+            self._paused = False
+            if self._queued and self._flush_call is None and self._conn is not None:
+                self._flush_call = self._reactor.callLater(0, self._flush)
+            if isinstance(result, Failure):
+                log.failure("resetting the spool's WAL failed", result)
+            elif result[0] == 0:  # not busy: done
+                self.wal_resets += 1
+            return passive
+
+        # A reader (snsd-admin) can keep it waiting: not for long, the commits are paused.
+        return self._in_thread(_wal_checkpoint, self.path, "TRUNCATE", WAL_RESET_WAIT).addBoth(resume)
+
+    def _in_thread(self, f, *args) -> Deferred:
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+
+
+def _wal_checkpoint(path: str, mode: str, wait: float) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(mode)`` from a connection of its own: (busy, WAL frames, copied)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=wait)
+    try:
+        return conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    finally:
+        conn.close()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _fire(d: Deferred, outcome) -> None:

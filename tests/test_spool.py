@@ -221,3 +221,39 @@ async def test_prune_works_in_slices_so_no_operation_holds_the_reactor_long(path
     assert spool.commits - commits >= 5  # 7 + 7 + 7 + 7 + 2, then the vacuum's look at the free pages
     assert rows(path, "SELECT COUNT(*) FROM messages") == [(0,)]
     await spool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wal_grown_past_its_limit_is_reset_while_commits_wait_without_blocking_the_reactor(path, monkeypatch):
+    import threading
+
+    from snsd import spool as spool_module
+
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr("snsd.spool.WAL_RESET_BYTES", 0)
+    real_checkpoint = spool_module._wal_checkpoint
+    seen = {}
+    spool, _ = await opened(path)
+    queued_meanwhile = threading.Event()
+
+    def submit_during_the_reset():
+        seen["add"] = spool.add(envelope("during"), records("x", message_id="during"))
+        # Two turns later: had the add not waited, its group commit would have run by then.
+        reactor.callLater(0, reactor.callLater, 0, queued_meanwhile.set)
+
+    def checkpoint(path, mode, wait):
+        if mode == "TRUNCATE":
+            reactor.callFromThread(submit_during_the_reset)
+            assert queued_meanwhile.wait(10)
+            seen["committed during the reset"] = seen["add"].called
+        return real_checkpoint(path, mode, wait)
+
+    monkeypatch.setattr(spool_module, "_wal_checkpoint", checkpoint)
+    await defer.gatherResults([spool.add(envelope(f"m-{i}"), records("k", message_id=f"m-{i}")) for i in range(25)])
+    busy, frames, copied = await spool.last_checkpoint  # the passive checkpoint's figures, after the reset
+    assert busy == 0 and copied == frames
+    assert spool.wal_resets == 1
+    assert seen["committed during the reset"] is False
+    assert len(await seen["add"]) == 1  # committed once the reset was over
+    await spool.close()
+    assert rows(path, "SELECT COUNT(*) FROM records") == [(26,)]
