@@ -15,9 +15,9 @@ the pool.  That order lives in :meth:`SNSDaemon.stopService` and nowhere else.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 
-import treq
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
@@ -33,11 +33,12 @@ from snsd.pool import WorkerPool
 from snsd.sinks import make_sink
 from snsd.site import make_site
 from snsd.spool import SpoolVersionError, SQLiteSpool
-from snsd.trust.certs import CertificateStore
+from snsd.trust.certs import CertificateStore, load_certificate_dir
 from snsd.trust.confirm import SubscriptionConfirmer
 from snsd.trust.dedup import AcceptedIds, DedupCache
 from snsd.trust.hosts import HostTrust
 from snsd.trust.offload import SignatureChecks
+from snsd.trust.proxy import make_http_client
 from snsd.trust.topics import TopicAllowList
 from snsd.trust.verifier import MessageVerifier
 from snsd.web import SNSEndpoint
@@ -214,8 +215,12 @@ class SNSDaemon(MultiService):
             log.warn("--spool :memory: keeps accepted records in memory only; a crash loses them")
 
 
-def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
-    clock = reactor
+def build_daemon(reactor, settings: dict, http_client=None, clock=None) -> SNSDaemon:
+    """``http_client`` (treq's API) makes the certificate and SubscribeURL requests: by default
+    treq, through ``HTTPS_PROXY`` when set.  ``clock`` defaults to the reactor."""
+    clock = reactor if clock is None else clock
+    if http_client is None:
+        http_client = make_http_client(reactor, os.environ)
     breaker = CircuitBreaker(
         clock,
         max_failures=settings["breaker-max-failures"],
@@ -241,7 +246,12 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
     host_trust = HostTrust(settings["trusted-host"])
     checks = SignatureChecks(reactor)
     verifier = MessageVerifier(
-        CertificateStore(http_client, clock, host_trust),
+        CertificateStore(
+            http_client,
+            clock,
+            host_trust,
+            preloaded=load_certificate_dir(settings["cert-dir"]) if settings["cert-dir"] else None,
+        ),
         host_trust,
         TopicAllowList(settings["topic-arn"]),
         clock,

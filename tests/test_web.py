@@ -215,6 +215,7 @@ def test_a_certificate_that_cannot_be_fetched_is_5xx_and_the_retry_is_accepted(s
         200,
         certificate_pem(make_certificate(rsa_key())),
     )
+    snsd.clock.advance(20)  # SNS's first retry comes 20 s later; a failed download is remembered for 10 s
     assert snsd.post(fields)[0] == 200
     assert len(snsd.jobs_seen) == 1
 

@@ -140,6 +140,15 @@ class CertificateStore:
         self.failure_ttl = failure_ttl
         # file name -> certificate, from --cert-dir
         self._preloaded = dict(preloaded or {})
+        if self._preloaded:
+            log.info("{count} preloaded signing certificates", count=len(self._preloaded))
+        for name, certificate in sorted(self._preloaded.items()):
+            if clock.seconds() >= certificate.not_valid_after_utc.timestamp():
+                log.warn(
+                    "preloaded signing certificate {name} expired on {expired}: messages naming it will be refused",
+                    name=name,
+                    expired=certificate.not_valid_after_utc.isoformat(),
+                )
         # url -> (certificate, expires_at); most recently used last
         self._cache: OrderedDict[str, tuple[x509.Certificate, float]] = OrderedDict()
         # url -> (error, until): recently failed downloads; oldest first
