@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 
@@ -164,7 +164,11 @@ class Admission:
         parsed = parse_s3_message(envelope.message, envelope.message_id, envelope.topic_arn)
         if not parsed.records:
             return Outcome(Kind.IGNORED, reason=parsed.ignored)
-        return await self._submit(envelope, parsed.records)
+        outcome = await self._submit(envelope, parsed.records)
+        if parsed.ignored_records and outcome.jobs:
+            # Some records were left out (malformed, not ObjectCreated); the rest were taken.
+            outcome = replace(outcome, ignored=parsed.ignored_records, reason=parsed.ignored)
+        return outcome
 
     async def _submit(self, envelope: SNSEnvelope, records) -> Outcome:
         jobs = len(records)

@@ -480,3 +480,32 @@ def test_posts_before_the_spool_is_open_get_503(snsd):
     status, body, headers = snsd.post(signed_notification("a.csv"))
     assert status == 503 and "spool" in body["error"] and headers.getRawHeaders("Retry-After")
     assert snsd.jobs_seen == []
+
+
+def test_one_malformed_record_no_longer_drops_its_valid_neighbours(snsd):
+    # Issue 15 item 4: answered 200 "ignored" before, and the good record never ran (SNS does not retry a 200).
+    event = json.loads(s3_message("good.csv", "keyless.csv"))
+    del event["Records"][1]["s3"]["object"]["key"]
+    lines = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        status, body, _ = snsd.post(signed(notification(json.dumps(event))))
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    assert (status, body) == (
+        200,
+        {"status": "accepted", "jobs": 1, "ignored": 1, "reason": "S3 record without bucket or key"},
+    )
+    assert [r.key for r in snsd.jobs_seen] == ["good.csv"]
+    (logged,) = [e for e in lines if e.get("log_format", "").startswith("ignored {ignored} records")]
+    assert (logged["ignored"], logged["jobs"], logged["reason"]) == (1, 1, "S3 record without bucket or key")
+
+
+def test_a_message_with_more_records_than_max_pending_is_taken_when_nothing_waits(tmp_path):
+    # Issue 15 item 5: with nothing pending it got 503 on every try, a permanent condition answered as temporary.
+    snsd = Snsd(tmp_path, breaker_mode="spool", max_pending=2)
+    snsd.breaker.force_open()  # nothing runs: what was taken stays pending
+    assert snsd.post(signed_notification("a", "b", "c"))[1] == {"status": "spooled", "jobs": 3}
+    status, _, headers = snsd.post(signed_notification("d"))  # at the cap now: the next one waits
+    assert status == 503 and headers.getRawHeaders("Retry-After") == ["20"]
+    assert snsd.counts()["records"] == 3
