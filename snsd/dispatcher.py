@@ -151,9 +151,12 @@ class Dispatcher(Service):
         ``(ids, done)``, ``done`` a Deferred that fires True when every record succeeded and False when any failed,
         registered before the records can start so a fast job cannot finish unseen.
         """
-        if self.pending + len(records) > self.max_pending:
+        # Below the cap a message is taken whole, however many records it carries: a message larger
+        # than the cap would otherwise be refused on every try with nothing pending, a permanent
+        # condition answered as a temporary one.  The spool may exceed the cap by one message.
+        if self.pending >= self.max_pending:
             raise Backpressure(f"{self.pending} records pending (max {self.max_pending})")
-        # Reserve before the write so concurrent messages cannot overshoot the cap.
+        # Reserve before the write so concurrent messages cannot overshoot the cap by more than one.
         self.pending += len(records)
 
         def spooled(ids):
