@@ -332,14 +332,13 @@ class Dispatcher(Service):
         """Run each record's job and record its result; in a worker thread.
 
         Returns, per record, its result line or the Failure of writing it to the sink.  A batch's
-        results go to the sink in one ``write_many`` call where the sink has one; if that fails,
-        each is written alone, so only a result that cannot be written fails (one written before
-        the failure may then appear twice: results are at least once, as after a crash)."""
+        results go to the sink in one ``write_many`` call; if that fails, each is written alone,
+        so only a result that cannot be written fails (one written before the failure may then
+        appear twice: results are at least once, as after a crash)."""
         lines = [run_job(self.job, spooled.record, spooled.attempts) for spooled in batch]
-        write_many = getattr(self.sink, "write_many", None)
-        if write_many is not None and len(lines) > 1:
+        if len(lines) > 1:
             try:
-                write_many(lines)
+                self.sink.write_many(lines)
                 return lines
             except Exception:
                 pass  # written one by one below: then only a result that cannot be written fails

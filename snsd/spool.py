@@ -18,8 +18,8 @@ another thread and back under the GIL (measured in docs/performance.md).  The on
 does fsync, the WAL checkpoint, is taken off the reactor: automatic checkpoints are off and a
 thread checkpoints from its own connection every ``CHECKPOINT_EVERY`` operations.
 
-The interface (:class:`SQLiteSpool`'s public methods, each returning a Deferred) is all the
-dispatcher and the web layer use, so another backend (SQS, say) can stand in for it.
+:class:`SQLiteSpool` is one implementation of :class:`snsd.protocols.Spool`, the interface the
+dispatcher and the daemon use, so another backend (SQS, say) can stand in for it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from snsd.envelope import SNSEnvelope
+from snsd.protocols import Recovery, SpooledRecord
 from snsd.records import S3ObjectRecord
 
 log = Logger()
@@ -75,13 +76,6 @@ CHECKPOINT_EVERY = 1000
 
 
 @dataclass(frozen=True)
-class SpooledRecord:
-    id: int
-    record: S3ObjectRecord
-    attempts: int = 0
-
-
-@dataclass(frozen=True)
 class DeadLetter:
     id: int
     message_id: str | None
@@ -91,14 +85,6 @@ class DeadLetter:
     error: str | None
     failed_at: float
     attempts: int
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What a restart found: records owed a result and recently accepted MessageIds."""
-
-    pending: int
-    recent_message_ids: tuple[tuple[str, float], ...]
 
 
 def connect(path: str, autocheckpoint: bool = True) -> sqlite3.Connection:
@@ -196,11 +182,14 @@ class SQLiteSpool:
 
     # -- the interface ---------------------------------------------------------------------
 
-    def add(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
+    def add(
+        self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], remember_until: float | None = None
+    ) -> Deferred:
         """Record an accepted message and its records atomically; fires with their ids, or with
-        None if the message was accepted within the dedup TTL already (nothing is written)."""
+        None if the message's id is still remembered (nothing is written).  The id is remembered
+        until ``remember_until``, by default for the dedup TTL."""
         now = self._clock.seconds()
-        message = (envelope.message_id, envelope.topic_arn, envelope.raw.decode("utf-8", "replace"), now)
+        message = self._remembered(envelope, now, remember_until)
         rows = [(envelope.message_id, r.to_json(), now) for r in records]
         seen_since = now - self._dedup_ttl
 
@@ -215,6 +204,12 @@ class SQLiteSpool:
 
         return self._submit(add)
 
+    def _remembered(self, envelope: SNSEnvelope, now: float, remember_until: float | None) -> tuple:
+        """The ``messages`` row of an accepted message.  The table keeps the time an id stops being
+        remembered as ``accepted_at`` + TTL, so a later ``remember_until`` shifts ``accepted_at``."""
+        accepted_at = now if remember_until is None else remember_until - self._dedup_ttl
+        return (envelope.message_id, envelope.topic_arn, envelope.raw.decode("utf-8", "replace"), accepted_at)
+
     def forget(self, message_id: str) -> Deferred:
         """Let a redelivery of ``message_id`` in again: its delivery was answered 5xx after all
         (``--ack after-job``), so SNS will retry it, and the retry must not read as a duplicate."""
@@ -224,26 +219,19 @@ class SQLiteSpool:
 
         return self._submit(forget)
 
-    def remember(self, envelope: SNSEnvelope) -> Deferred:
-        """Record an accepted message that carries no records (for duplicate detection)."""
-        now = self._clock.seconds()
-
-        def remember(conn):
-            conn.execute(
-                "INSERT OR REPLACE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)",
-                (envelope.message_id, envelope.topic_arn, envelope.raw.decode("utf-8", "replace"), now),
-            )
-
-        return self._submit(remember)
-
     def add_dead_letters(
-        self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], reason: str, error: str | None = None
+        self,
+        envelope: SNSEnvelope,
+        records: tuple[S3ObjectRecord, ...],
+        reason: str,
+        error: str | None = None,
+        remember_until: float | None = None,
     ) -> Deferred:
         """Accept a message straight into the dead letters (the breaker's ``skip`` mode); fires with
-        True, or with None if the message was accepted within the dedup TTL already (as :meth:`add`)."""
+        True, or with None if the message's id is still remembered (as :meth:`add`)."""
         now = self._clock.seconds()
-        envelope_text = envelope.raw.decode("utf-8", "replace")
-        message = (envelope.message_id, envelope.topic_arn, envelope_text, now)
+        message = self._remembered(envelope, now, remember_until)
+        envelope_text = message[2]
         seen_since = now - self._dedup_ttl
 
         def add(conn):

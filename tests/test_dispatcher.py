@@ -465,6 +465,11 @@ async def test_a_result_the_sink_cannot_write_dead_letters_its_record_alone_with
                 raise OSError("disk full")
             self.sink.write(line)
 
+        def write_many(self, lines):
+            if any(line["key"] == "bad" for line in lines):
+                raise OSError("disk full")
+            self.sink.write_many(lines)
+
     h = await started_with_short_jobs(tmp_path)
     h.dispatcher.sink = RefusingSink(h.sink)
     assert await run_one_batch(h, "a", "bad", "c") == [True, False, True]
