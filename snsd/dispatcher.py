@@ -144,12 +144,19 @@ class Dispatcher(Service):
 
     # -- the web layer's calls -------------------------------------------------------------
 
-    def accept(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], track: bool = False) -> Deferred:
+    def accept(
+        self,
+        envelope: SNSEnvelope,
+        records: tuple[S3ObjectRecord, ...],
+        track: bool = False,
+        remember_until: float | None = None,
+    ) -> Deferred:
         """Spool a message's records; fires once they are durably recorded.
 
         Fires with the record ids or, with ``track=True`` (``--ack after-job``), with
         ``(ids, done)``, ``done`` a Deferred that fires True when every record succeeded and False when any failed,
         registered before the records can start so a fast job cannot finish unseen.
+        ``remember_until``: until when the spool remembers the MessageId (``AcceptedIds.until``).
         """
         # Below the cap a message is taken whole, however many records it carries: a message larger
         # than the cap would otherwise be refused on every try with nothing pending, a permanent
@@ -174,7 +181,7 @@ class Dispatcher(Service):
             return failure
 
         try:
-            write = self.spool.add(envelope, records)
+            write = self.spool.add(envelope, records, remember_until)
         except BaseException:
             self.pending -= len(records)  # nothing was queued: give the reservation back
             raise
@@ -182,7 +189,9 @@ class Dispatcher(Service):
         # write goes on and commits: the pending count must follow the write, not the caller.
         return _detached(write.addCallbacks(spooled, failed), "spooling a message")
 
-    def skip(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
+    def skip(
+        self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], remember_until: float | None = None
+    ) -> Deferred:
         """The breaker is open in ``skip`` mode: keep the records as dead letters."""
 
         def kept(written):
@@ -190,7 +199,9 @@ class Dispatcher(Service):
                 raise AlreadyAccepted(envelope.message_id)
             metrics.DEAD_LETTERS.labels(reason="breaker_open").inc(len(records))
 
-        return self.spool.add_dead_letters(envelope, records, "breaker_open").addCallback(kept)
+        return self.spool.add_dead_letters(
+            envelope, records, "breaker_open", remember_until=remember_until
+        ).addCallback(kept)
 
     def _when_done(self, record_ids) -> Deferred:
         waits = []

@@ -4,6 +4,7 @@ real RSA key, a real (in-memory) spool, and a fake clock."""
 import base64
 import gc
 import json
+from datetime import timedelta
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
@@ -11,7 +12,7 @@ from twisted.logger import globalLogPublisher
 
 from snsd.admission import AFTER_JOB_WAIT
 from snsd.trust.dedup import DedupCache
-from tests.trust_helpers import TOPIC, notification, result_of, signed, subscription_confirmation
+from tests.trust_helpers import NOW, TOPIC, notification, result_of, signed, subscription_confirmation
 from tests.web_harness import CONFIRMED_ARN, Snsd, s3_message
 
 
@@ -509,3 +510,17 @@ def test_a_message_with_more_records_than_max_pending_is_taken_when_nothing_wait
     status, _, headers = snsd.post(signed_notification("d"))  # at the cap now: the next one waits
     assert status == 503 and headers.getRawHeaders("Retry-After") == ["20"]
     assert snsd.counts()["records"] == 3
+
+
+@pytest.mark.parametrize("memory_let_go", [False, True], ids=["memory", "spool"])
+def test_a_replay_inside_the_clock_skew_allowance_is_a_duplicate(tmp_path, memory_let_go):
+    # Issue 15 item 2, scaled down: max-age 10 s, a message stamped 5 s ahead of snsd's clock is
+    # still fresh 12 s after it was accepted; it used to be remembered only 10 s, and ran twice.
+    snsd = Snsd(tmp_path, max_age=10, dedup_ttl=10)
+    fields = signed(notification(s3_message("a.csv"), timestamp=NOW + timedelta(seconds=5)))
+    assert snsd.post(fields)[1] == {"status": "accepted", "jobs": 1}
+    snsd.clock.advance(12)
+    if memory_let_go:
+        snsd.accepted.release(fields["MessageId"])  # as if the bounded memory had let go: the spool remembers
+    assert snsd.post(fields)[1] == {"status": "duplicate"}
+    assert len(snsd.jobs_seen) == 1
