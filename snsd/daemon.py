@@ -32,7 +32,7 @@ from snsd.dispatcher import Dispatcher
 from snsd.pool import WorkerPool
 from snsd.sinks import make_sink
 from snsd.site import make_site
-from snsd.spool import SQLiteSpool
+from snsd.spool import SpoolVersionError, SQLiteSpool
 from snsd.trust.certs import CertificateStore
 from snsd.trust.confirm import SubscriptionConfirmer
 from snsd.trust.dedup import AcceptedIds, DedupCache
@@ -96,6 +96,10 @@ class SNSDaemon(MultiService):
         # Before any thread starts, for the same reason: a spool that cannot be opened ends the start.
         try:
             opened = self.spool.open(dedup_ttl=self.settings["dedup-ttl"])
+        except SpoolVersionError as e:
+            # A later release's file, left as it is: the line says all there is to say.
+            log.critical("cannot open the spool {path}: {error}", path=self.spool.path, error=e)
+            raise SystemExit(1) from None
         except Exception as e:
             log.critical("cannot open the spool {path}: {error}", path=self.spool.path, error=e)
             raise

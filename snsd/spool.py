@@ -32,38 +32,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from snsd import spool_schema as schema
 from snsd.envelope import SNSEnvelope
 from snsd.protocols import Recovery, SpooledRecord
 from snsd.records import S3ObjectRecord
+from snsd.spool_schema import SpoolVersionError  # noqa: F401 - what open() raises for a newer file
 
 log = Logger()
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    message_id TEXT PRIMARY KEY,
-    topic_arn TEXT NOT NULL,
-    envelope TEXT NOT NULL,
-    accepted_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_accepted_at ON messages (accepted_at);
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL,
-    record TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    enqueued_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT,
-    record TEXT NOT NULL,
-    envelope TEXT,
-    reason TEXT NOT NULL,
-    error TEXT,
-    failed_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 1
-);
-"""
 
 # The cap bounds how long one commit keeps the reactor from answering.
 MAX_BATCH = 512
@@ -88,16 +63,33 @@ class DeadLetter:
 
 
 def connect(path: str, autocheckpoint: bool = True) -> sqlite3.Connection:
+    """Open the spool at ``path``, upgraded to this code's layout.
+
+    Raises :class:`SpoolVersionError`, having written nothing, for a file of a newer release."""
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    if path != ":memory:":
-        conn.execute("PRAGMA journal_mode=WAL")
-        if not autocheckpoint:
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-    # NORMAL in WAL mode survives a process crash (what SIGKILL and OOM do); only an OS crash
-    # or power loss can lose the last transactions.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    conn.executescript(SCHEMA)
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        # Before anything writes, even the journal mode in the file's header.
+        schema.refuse_newer(conn)
+        if path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+            if not autocheckpoint:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+        # NORMAL in WAL mode survives a process crash (what SIGKILL and OOM do); only an OS crash
+        # or power loss can lose the last transactions.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        fresh = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone() == (0,)
+        found = schema.upgrade(conn)
+    except BaseException:
+        conn.close()
+        raise
+    if not fresh and found < schema.VERSION:
+        log.info(
+            "upgraded the spool {path} from version {found} to {version}",
+            path=path,
+            found=found,
+            version=schema.VERSION,
+        )
     return conn
 
 
