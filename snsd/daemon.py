@@ -259,7 +259,7 @@ def build_daemon(reactor, settings: dict, http_client=None, clock=None) -> SNSDa
         verify_signatures=settings["verify-signatures"],
         checks=checks,
     )
-    dedup = AcceptedIds(DedupCache(clock, ttl=settings["dedup-ttl"]), spool)
+    dedup = AcceptedIds(DedupCache(clock, ttl=settings["dedup-ttl"]), spool, max_age=settings["max-age"])
     admission = Admission(
         dispatcher,
         dedup,

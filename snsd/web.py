@@ -241,8 +241,17 @@ def _answer(outcome: Outcome, envelope: SNSEnvelope | None) -> tuple[int, dict, 
         log.debug(
             "accepted {message_id} from {topic}: {jobs} records", message_id=message_id, topic=topic, jobs=outcome.jobs
         )
+    if outcome.ignored:
+        log.info(
+            "ignored {ignored} records of {message_id} from {topic}: {reason}",
+            ignored=outcome.ignored,
+            jobs=outcome.jobs,
+            message_id=message_id,
+            topic=topic,
+            reason=outcome.reason,
+        )
     if kind in (Kind.ACCEPTED, Kind.SPOOLED, Kind.DONE):
-        return 200, {"status": kind.value, "jobs": outcome.jobs}, {}
+        return 200, _with_ignored({"status": kind.value, "jobs": outcome.jobs}, outcome), {}
     if kind is Kind.DUPLICATE:
         metrics.DUPLICATES.inc()
         log.info("duplicate {message_id} from {topic}", message_id=message_id, topic=topic)
@@ -259,7 +268,7 @@ def _answer(outcome: Outcome, envelope: SNSEnvelope | None) -> tuple[int, dict, 
             jobs=outcome.jobs,
             topic=topic,
         )
-        return 200, {"status": "skipped", "jobs": outcome.jobs}, {}
+        return 200, _with_ignored({"status": "skipped", "jobs": outcome.jobs}, outcome), {}
     if kind is Kind.CONFIRMED:
         log.info(
             "confirmed subscription {subscription_arn} to {topic}",
@@ -280,6 +289,14 @@ def _answer(outcome: Outcome, envelope: SNSEnvelope | None) -> tuple[int, dict, 
     if kind is Kind.FAILED:
         return 500, {"error": "job failed", "jobs": outcome.jobs}, {}
     raise AssertionError(f"no answer for {kind}")
+
+
+def _with_ignored(body: dict, outcome: Outcome) -> dict:
+    """A message's answer names the records it left out, when it left some out."""
+    if outcome.ignored:
+        body["ignored"] = outcome.ignored
+        body["reason"] = outcome.reason
+    return body
 
 
 # Outcomes whose records were spooled: each is logged as accepted (debug) before its answer.

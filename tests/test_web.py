@@ -4,6 +4,7 @@ real RSA key, a real (in-memory) spool, and a fake clock."""
 import base64
 import gc
 import json
+from datetime import timedelta
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
@@ -11,7 +12,7 @@ from twisted.logger import globalLogPublisher
 
 from snsd.admission import AFTER_JOB_WAIT
 from snsd.trust.dedup import DedupCache
-from tests.trust_helpers import TOPIC, notification, result_of, signed, subscription_confirmation
+from tests.trust_helpers import NOW, TOPIC, notification, result_of, signed, subscription_confirmation
 from tests.web_harness import CONFIRMED_ARN, Snsd, s3_message
 
 
@@ -481,3 +482,46 @@ def test_posts_before_the_spool_is_open_get_503(snsd):
     status, body, headers = snsd.post(signed_notification("a.csv"))
     assert status == 503 and "spool" in body["error"] and headers.getRawHeaders("Retry-After")
     assert snsd.jobs_seen == []
+
+
+def test_one_malformed_record_no_longer_drops_its_valid_neighbours(snsd):
+    # Issue 15 item 4: answered 200 "ignored" before, and the good record never ran (SNS does not retry a 200).
+    event = json.loads(s3_message("good.csv", "keyless.csv"))
+    del event["Records"][1]["s3"]["object"]["key"]
+    lines = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        status, body, _ = snsd.post(signed(notification(json.dumps(event))))
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    assert (status, body) == (
+        200,
+        {"status": "accepted", "jobs": 1, "ignored": 1, "reason": "S3 record without bucket or key"},
+    )
+    assert [r.key for r in snsd.jobs_seen] == ["good.csv"]
+    (logged,) = [e for e in lines if e.get("log_format", "").startswith("ignored {ignored} records")]
+    assert (logged["ignored"], logged["jobs"], logged["reason"]) == (1, 1, "S3 record without bucket or key")
+
+
+def test_a_message_with_more_records_than_max_pending_is_taken_when_nothing_waits(tmp_path):
+    # Issue 15 item 5: with nothing pending it got 503 on every try, a permanent condition answered as temporary.
+    snsd = Snsd(tmp_path, breaker_mode="spool", max_pending=2)
+    snsd.breaker.force_open()  # nothing runs: what was taken stays pending
+    assert snsd.post(signed_notification("a", "b", "c"))[1] == {"status": "spooled", "jobs": 3}
+    status, _, headers = snsd.post(signed_notification("d"))  # at the cap now: the next one waits
+    assert status == 503 and headers.getRawHeaders("Retry-After") == ["20"]
+    assert snsd.counts()["records"] == 3
+
+
+@pytest.mark.parametrize("memory_let_go", [False, True], ids=["memory", "spool"])
+def test_a_replay_inside_the_clock_skew_allowance_is_a_duplicate(tmp_path, memory_let_go):
+    # Issue 15 item 2, scaled down: max-age 10 s, a message stamped 5 s ahead of snsd's clock is
+    # still fresh 12 s after it was accepted; it used to be remembered only 10 s, and ran twice.
+    snsd = Snsd(tmp_path, max_age=10, dedup_ttl=10)
+    fields = signed(notification(s3_message("a.csv"), timestamp=NOW + timedelta(seconds=5)))
+    assert snsd.post(fields)[1] == {"status": "accepted", "jobs": 1}
+    snsd.clock.advance(12)
+    if memory_let_go:
+        snsd.accepted.release(fields["MessageId"])  # as if the bounded memory had let go: the spool remembers
+    assert snsd.post(fields)[1] == {"status": "duplicate"}
+    assert len(snsd.jobs_seen) == 1

@@ -79,6 +79,8 @@ class Snsd:
         allow_raw_delivery=False,
         max_body=1024 * 1024,
         max_failures=2,
+        max_age=3600.0,
+        dedup_ttl=3600.0,
     ):
         self.clock = Clock()
         self.clock.advance(NOW.timestamp())
@@ -96,6 +98,7 @@ class Snsd:
             TopicAllowList(topics),
             self.clock,
             verify_signatures=verify_signatures,
+            max_age=max_age,
         )
         self.breaker = CircuitBreaker(self.clock, max_failures=max_failures, cooldown=30)
         self.spool = SQLiteSpool(None, ":memory:", clock=self.clock, inline=True)
@@ -122,7 +125,7 @@ class Snsd:
             # Jobs run inline and at once here; the batch wait has its own tests (test_dispatcher).
             batch_wait=0,
         )
-        self.accepted = AcceptedIds(DedupCache(self.clock), self.spool)
+        self.accepted = AcceptedIds(DedupCache(self.clock, ttl=dedup_ttl), self.spool, max_age=max_age)
         self.admission = Admission(
             self.dispatcher,
             self.accepted,
@@ -142,7 +145,7 @@ class Snsd:
             max_body=max_body,
         )
         self.client = StubTreq(self.endpoint.resource())
-        self.dispatcher.start(result_of(self.spool.open()))
+        self.dispatcher.start(result_of(self.spool.open(dedup_ttl=dedup_ttl)))
 
     def request(self, method: str, path: str = "/", body: bytes | dict | None = None, headers: dict | None = None):
         if isinstance(body, dict):
