@@ -20,23 +20,10 @@ from typing import Any
 
 from twisted.python import usage
 
+from snsd.admission import AckMode, BreakerMode
+
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
-
-
-class BreakerMode(enum.Enum):
-    """What new work meets while the breaker is open (``--breaker-mode``)."""
-
-    SKIP = "skip"  # kept as dead letters at once
-    REJECT = "reject"  # refused: SNS retries later
-    SPOOL = "spool"  # spooled, runs once the breaker lets trials through
-
-
-class AckMode(enum.Enum):
-    """When SNS gets its answer (``--ack``)."""
-
-    SPOOLED = "spooled"  # once the records are durably spooled
-    AFTER_JOB = "after-job"  # once their jobs end
 
 
 # -- coercers: text in, value out, ValueError("must be ...") for anything else -----------------
@@ -273,6 +260,13 @@ SETTINGS = (
         "list",
     ),
     Setting(
+        "cert-dir",
+        "SNSD_CERT_DIR",
+        None,
+        "Folder of preloaded SNS signing certificates, each named as its SigningCertURL's file "
+        "(SimpleNotificationService-<id>.pem): used instead of downloading them.",
+    ),
+    Setting(
         "topic-arn",
         "SNSD_TOPIC_ARNS",
         (),
@@ -328,6 +322,7 @@ class Settings:
     drain_timeout: float = 30.0
     verify_signatures: bool = True
     trusted_host: tuple[str, ...] = ()
+    cert_dir: str | None = None
     topic_arn: tuple[str, ...] = ()
     allow_raw_delivery: bool = False
     max_age: float = 3600.0
@@ -438,8 +433,20 @@ class SNSDOptions(usage.Options):
             raise usage.UsageError(
                 f"{self.name('breaker-max-cooldown')} must be at least {self.name('breaker-cooldown')}"
             )
+        from snsd.trust.certs import load_certificate_dir
         from snsd.trust.hosts import HostTrust
+        from snsd.trust.proxy import proxy_from_environment
         from snsd.trust.topics import TopicAllowList
+
+        if v["cert-dir"] is not None:
+            try:
+                load_certificate_dir(v["cert-dir"])
+            except ValueError as e:
+                raise usage.UsageError(f"{self.name('cert-dir')}: {e}") from None
+        try:
+            proxy_from_environment(self._environ)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
         for flag, check in (("trusted-host", HostTrust), ("topic-arn", TopicAllowList)):
             try:

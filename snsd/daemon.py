@@ -19,14 +19,15 @@ the pool.  That order is :meth:`SNSDaemon._stop`'s one list, and nowhere else.
 from __future__ import annotations
 
 import gc
+import os
 
-import treq
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 
+from snsd.admission import Admission, BreakerPolicy, Readiness
 from snsd.breaker import CircuitBreaker
 from snsd.config import Settings
 from snsd.dispatcher import BATCH_WAIT, Dispatcher
@@ -37,11 +38,12 @@ from snsd.services import ClosingService, Listener, SpoolService
 from snsd.sinks import make_sink
 from snsd.site import make_site
 from snsd.spool import SQLiteSpool
-from snsd.trust.certs import CertificateStore
+from snsd.trust.certs import CertificateStore, load_certificate_dir
 from snsd.trust.confirm import SubscriptionConfirmer
-from snsd.trust.dedup import DedupCache
+from snsd.trust.dedup import AcceptedIds, DedupCache
 from snsd.trust.hosts import HostTrust
 from snsd.trust.offload import SignatureChecks
+from snsd.trust.proxy import make_http_client
 from snsd.trust.topics import TopicAllowList
 from snsd.trust.verifier import MessageVerifier
 from snsd.web import SNSEndpoint
@@ -121,8 +123,7 @@ class SNSDaemon(MultiService):
         opened.addErrback(lambda f: log.failure("could not open the spool {path}", f, path=self.spool.path))
 
     def _recovered(self, recovery):
-        for message_id, accepted_at in recovery.recent_message_ids:
-            self.dedup.remember(message_id, accepted_at)
+        self.dedup.load(recovery.recent_message_ids)
         self.dispatcher.start(recovery)
         if self._freeze_gc:
             # Everything built so far (Twisted, boto3, pyarrow, the app) lives as long as the
@@ -150,7 +151,7 @@ class SNSDaemon(MultiService):
     @inlineCallbacks
     def _stop(self):
         timeout = self.settings.drain_timeout
-        self.endpoint.draining = True
+        # The dispatcher's drain (below, in this same turn) is what refuses new POSTs from now on.
         yield self._step("stopping the spool pruning", self.pruning.stopService)
         log.info(
             "draining: waiting up to {timeout}s for {running} running jobs; {pending} pending stay spooled",
@@ -238,7 +239,7 @@ def build_daemon(
     settings: Settings,
     *,
     clock=None,
-    http_client=treq,
+    http_client=None,
     pool_factory=WorkerPool,
     spool_factory=SQLiteSpool,
     offload_signatures: bool = True,
@@ -248,10 +249,13 @@ def build_daemon(
     """The daemon, wired from ``settings``.
 
     ``reactor`` listens and runs threads; ``clock`` (the reactor by default) is every timer's
-    time; ``http_client`` (treq's API) fetches certificates and confirms subscriptions;
+    time; ``http_client`` (treq's API; by default treq, through ``HTTPS_PROXY`` when set) fetches
+    certificates and confirms subscriptions;
     ``pool_factory(reactor, workers, nice=...)`` makes the job pool (a Service with ``submit``);
     ``spool_factory(reactor, path, clock=...)`` the spool.  Tests pass in-memory ones of each."""
     clock = clock or reactor
+    if http_client is None:
+        http_client = make_http_client(reactor, os.environ)
     breaker = CircuitBreaker(
         clock,
         max_failures=settings.breaker_max_failures,
@@ -263,6 +267,7 @@ def build_daemon(
     spool = spool_factory(reactor, settings.spool, clock=clock)
     sink = make_sink(settings)
     job = job_for(settings)
+    policy = BreakerPolicy(breaker, settings.breaker_mode)
     dispatcher = Dispatcher(
         spool,
         pool,
@@ -271,14 +276,19 @@ def build_daemon(
         sink,
         clock,
         workers=settings.workers,
-        breaker_mode=settings.breaker_mode.value,
+        policy=policy,
         max_pending=settings.max_pending,
         batch_wait=batch_wait,
     )
     host_trust = HostTrust(settings.trusted_host)
     checks = SignatureChecks(reactor, clock=clock) if offload_signatures else None
     verifier = MessageVerifier(
-        CertificateStore(http_client, clock, host_trust),
+        CertificateStore(
+            http_client,
+            clock,
+            host_trust,
+            preloaded=load_certificate_dir(settings.cert_dir) if settings.cert_dir else None,
+        ),
         host_trust,
         TopicAllowList(settings.topic_arn),
         clock,
@@ -286,17 +296,21 @@ def build_daemon(
         verify_signatures=settings.verify_signatures,
         checks=checks,
     )
-    dedup = DedupCache(clock, ttl=settings.dedup_ttl)
+    dedup = AcceptedIds(DedupCache(clock, ttl=settings.dedup_ttl), spool, max_age=settings.max_age)
+    admission = Admission(
+        dispatcher,
+        dedup,
+        policy,
+        SubscriptionConfirmer(http_client, host_trust, clock=clock),
+        clock,
+        ack=settings.ack,
+    )
     endpoint = SNSEndpoint(
         verifier=verifier,
-        confirmer=SubscriptionConfirmer(http_client, host_trust, clock=clock),
-        dedup=dedup,
-        dispatcher=dispatcher,
+        admission=admission,
+        readiness=Readiness(pool, dispatcher),
         breaker=breaker,
-        pool=pool,
         clock=clock,
-        breaker_mode=settings.breaker_mode.value,
-        ack=settings.ack.value,
         max_body=settings.max_body,
         basic_auth=settings.basic_auth,
         allow_raw_delivery=settings.allow_raw_delivery,

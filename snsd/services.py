@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from snsd.logs import Logger
+from snsd.spool import SpoolVersionError
 
 log = Logger()
 
@@ -33,6 +34,10 @@ class SpoolService(Service):
     def startService(self):
         try:
             self.opened = self.spool.open(dedup_ttl=self.dedup_ttl)
+        except SpoolVersionError as e:
+            # A later release's file, left as it is: the line says all there is to say.
+            log.critical("cannot open the spool {path}: {error}", path=self.spool.path, error=e)
+            raise SystemExit(1) from None
         except Exception as e:
             log.critical("cannot open the spool {path}: {error}", path=self.spool.path, error=e)
             raise

@@ -3,7 +3,8 @@
 import pytest
 from twisted.python import usage
 
-from snsd.config import AckMode, BreakerMode, SNSDOptions
+from snsd.admission import AckMode, BreakerMode
+from snsd.config import SNSDOptions
 from snsd.jobs.head import head_object
 
 HEAD = "snsd.jobs.head:head_object"

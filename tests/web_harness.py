@@ -11,7 +11,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.testing import MemoryReactorClock
 
-from snsd.config import AckMode, BreakerMode, Settings
+from snsd.admission import AckMode, BreakerMode
+from snsd.config import Settings
 from snsd.daemon import build_daemon
 from snsd.spool import SQLiteSpool
 from tests.trust_helpers import NOW, RecordingResource, certificate_pem, make_certificate, result_of, rsa_key
@@ -81,6 +82,8 @@ class Snsd:
         allow_raw_delivery=False,
         max_body=1024 * 1024,
         max_failures=2,
+        max_age=3600.0,
+        dedup_ttl=3600.0,
     ):
         self.clock = MemoryReactorClock()
         self.clock.advance(NOW.timestamp())
@@ -116,6 +119,8 @@ class Snsd:
             allow_raw_delivery=allow_raw_delivery,
             max_body=max_body,
             basic_auth=basic_auth,
+            max_age=max_age,
+            dedup_ttl=dedup_ttl,
         )
         self.daemon = build_daemon(
             self.clock,
@@ -136,7 +141,9 @@ class Snsd:
         self.sink = self.daemon.sink
         self.pool = self.daemon.pool
         self.dispatcher = self.daemon.dispatcher
-        self.dedup = self.daemon.dedup
+        self.accepted = self.daemon.dedup
+        self.admission = self.endpoint.admission
+        self.policy = self.admission.policy
         self.client = StubTreq(self.endpoint.resource())
         self.daemon.startService()
 
