@@ -348,3 +348,82 @@ def test_last_failure_time_is_reported_in_iso_8601(clock):
     clock.advance(1.5)
     fail(breaker)
     assert breaker.snapshot()["last_failure_time"] == "1970-01-01T00:00:01.500Z"
+
+
+def test_the_defaults_are_the_documented_ones(clock):
+    breaker = CircuitBreaker(clock)
+    assert (breaker.max_failures, breaker.base_cooldown, breaker.max_cooldown, breaker.half_open_successes) == (
+        5,
+        60.0,
+        600.0,
+        1,
+    )
+    assert breaker.name == "breaker"  # the daemon's MultiService finds it by this name
+
+
+def test_is_open_only_when_no_job_may_start(clock):
+    breaker = make(clock)
+    assert not breaker.is_open
+    fail(breaker, 3)
+    assert breaker.is_open
+    clock.advance(10)
+    assert not breaker.is_open  # half-open: a trial may start
+    breaker.force_open()
+    assert breaker.is_open
+
+
+def test_a_new_breaker_publishes_closed_as_its_state(clock):
+    from prometheus_client import REGISTRY
+
+    make(clock).force_open()
+    make(clock)
+    assert REGISTRY.get_sample_value("snsd_breaker_state", {"state": "closed"}) == 1.0
+    assert REGISTRY.get_sample_value("snsd_breaker_state", {"state": "forced_open"}) == 0.0
+
+
+def test_the_remaining_cooldown_is_reported_to_the_millisecond(clock):
+    breaker = make(clock)
+    fail(breaker, 3)
+    clock.advance(9.5)
+    assert breaker.cooldown_remaining() == 0.5
+    clock.advance(0.1234)
+    assert breaker.snapshot()["cooldown_remaining"] == 0.377
+
+
+def test_a_failed_trial_counts_as_a_failure(clock):
+    breaker = make(clock)
+    fail(breaker, 3)
+    clock.advance(10)
+    breaker.failed(breaker.acquire())
+    assert (breaker.state, breaker.consecutive_failures) == (State.OPEN, 4)
+
+
+def test_recovering_shows_the_base_cooldown_again(clock):
+    breaker = make(clock)
+    fail(breaker, 3)
+    clock.advance(10)
+    breaker.failed(breaker.acquire())  # cooldown 20
+    clock.advance(20)
+    breaker.succeeded(breaker.acquire())
+    assert breaker.snapshot()["cooldown"] == 10.0
+
+
+def test_each_transition_is_logged(clock):
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        breaker = make(clock)
+        fail(breaker, 3)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if e.get("log_format", "").startswith("breaker {from_state}")]
+    assert (event["from_state"], event["to_state"], event["failures"], event["cooldown"]) == ("closed", "open", 3, 10.0)
+
+
+def test_stopping_the_service_marks_it_stopped(clock):
+    breaker = make(clock)
+    breaker.startService()
+    breaker.stopService()
+    assert not breaker.running

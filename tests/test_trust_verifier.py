@@ -354,3 +354,9 @@ def test_a_failed_download_is_counted_as_a_refusal():
     before = failures("cert_fetch_failed")
     h.refused(signed(notification()))
     assert failures("cert_fetch_failed") - before == 1
+
+
+def test_a_trust_error_reads_as_its_reason_and_detail():
+    assert str(TrustError(403, "bad_signature", "why")) == "bad_signature: why"
+    assert str(TrustError(403, "bad_signature")) == "bad_signature"
+    assert repr(TrustError(502, "x", "y")) == "TrustError(status=502, reason='x', detail='y')"
