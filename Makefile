@@ -12,7 +12,7 @@ REQUIRE_CONTAINER ?= 1
 PYTHON_IMAGE ?=
 IMAGE ?= snsd:local
 
-.PHONY: venv run test lint localstack image clean
+.PHONY: venv run test lint localstack image clean mutate
 
 venv:
 	@scripts/venv.sh
@@ -38,6 +38,26 @@ image:
 # when needed (root), see tests/container_env.py.
 test: venv localstack lint
 	SNSD_REQUIRE_E2E=$(REQUIRE_E2E) SNSD_REQUIRE_CONTAINER=$(REQUIRE_CONTAINER) $(PY) -m pytest -p no:cacheprovider --timeout $(TEST_TIMEOUT) $(PYTEST_ARGS)
+
+# Mutation testing (not part of `make test` or CI): MODULE=TEST[,TEST...] pairs, each module scored
+# against only its listed test files.  `make mutate MUTATE="snsd/spool.py=tests/test_spool.py"`.
+T := tests/test_trust_
+MUTATE ?= \
+	snsd/trust/signing.py=$(T)signing.py,$(T)verifier.py,$(T)offload.py,$(T)http.py \
+	snsd/trust/hosts.py=$(T)hosts.py,$(T)certs.py,$(T)verifier.py,$(T)confirm.py \
+	snsd/trust/certs.py=$(T)certs.py,$(T)verifier.py \
+	snsd/trust/fetch.py=$(T)certs.py,$(T)confirm.py \
+	snsd/trust/confirm.py=$(T)confirm.py \
+	snsd/trust/topics.py=$(T)topics.py,$(T)verifier.py \
+	snsd/trust/verifier.py=$(T)verifier.py,$(T)http.py \
+	snsd/trust/offload.py=$(T)offload.py \
+	snsd/trust/errors.py=$(T)verifier.py \
+	snsd/trust/dedup.py=$(T)dedup.py \
+	snsd/breaker.py=tests/test_breaker.py
+MUTATE_ARGS ?=
+
+mutate: venv
+	$(PY) scripts/mutate.py $(MUTATE_ARGS) $(MUTATE)
 
 clean:
 	rm -rf build dist *.egg-info twisted/plugins/dropin.cache

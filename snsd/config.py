@@ -118,6 +118,13 @@ SETTINGS = (
         "list",
     ),
     Setting(
+        "cert-dir",
+        "SNSD_CERT_DIR",
+        None,
+        "Folder of preloaded SNS signing certificates, each named as its SigningCertURL's file "
+        "(SimpleNotificationService-<id>.pem): used instead of downloading them.",
+    ),
+    Setting(
         "topic-arn", "SNSD_TOPIC_ARNS", (), "Accept only these topics; * matches within a field (repeatable).", "list"
     ),
     Setting("allow-raw-delivery", "SNSD_ALLOW_RAW_DELIVERY", False, "Accept unsigned raw message deliveries.", "bool"),
@@ -273,8 +280,20 @@ class SNSDOptions(usage.Options):
             raise usage.UsageError(f"--job-nice must be between 0 and 19, not {s['job-nice']}")
         if s["breaker-max-cooldown"] is not None and s["breaker-max-cooldown"] < s["breaker-cooldown"]:
             raise usage.UsageError("--breaker-max-cooldown must be at least --breaker-cooldown")
+        from snsd.trust.certs import load_certificate_dir
         from snsd.trust.hosts import HostTrust
+        from snsd.trust.proxy import proxy_from_environment
         from snsd.trust.topics import TopicAllowList
+
+        if s["cert-dir"] is not None:
+            try:
+                load_certificate_dir(s["cert-dir"])
+            except ValueError as e:
+                raise usage.UsageError(f"--cert-dir: {e}") from None
+        try:
+            proxy_from_environment(self._environ)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
         for flag, check in (("trusted-host", HostTrust), ("topic-arn", TopicAllowList)):
             try:

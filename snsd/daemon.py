@@ -15,9 +15,9 @@ the pool.  That order lives in :meth:`SNSDaemon.stopService` and nowhere else.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 
-import treq
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
@@ -26,19 +26,22 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from snsd.admission import Admission, BreakerPolicy, Readiness
 from snsd.breaker import CircuitBreaker
 from snsd.dispatcher import Dispatcher
 from snsd.pool import WorkerPool
 from snsd.sinks import make_sink
-from snsd.spool import SQLiteSpool
-from snsd.trust.certs import CertificateStore
+from snsd.site import make_site
+from snsd.spool import SpoolVersionError, SQLiteSpool
+from snsd.trust.certs import CertificateStore, load_certificate_dir
 from snsd.trust.confirm import SubscriptionConfirmer
-from snsd.trust.dedup import DedupCache
+from snsd.trust.dedup import AcceptedIds, DedupCache
 from snsd.trust.hosts import HostTrust
 from snsd.trust.offload import SignatureChecks
+from snsd.trust.proxy import make_http_client
 from snsd.trust.topics import TopicAllowList
 from snsd.trust.verifier import MessageVerifier
-from snsd.web import SNSEndpoint, make_site
+from snsd.web import SNSEndpoint
 
 log = Logger()
 
@@ -94,6 +97,10 @@ class SNSDaemon(MultiService):
         # Before any thread starts, for the same reason: a spool that cannot be opened ends the start.
         try:
             opened = self.spool.open(dedup_ttl=self.settings["dedup-ttl"])
+        except SpoolVersionError as e:
+            # A later release's file, left as it is: the line says all there is to say.
+            log.critical("cannot open the spool {path}: {error}", path=self.spool.path, error=e)
+            raise SystemExit(1) from None
         except Exception as e:
             log.critical("cannot open the spool {path}: {error}", path=self.spool.path, error=e)
             raise
@@ -112,8 +119,7 @@ class SNSDaemon(MultiService):
         return port
 
     def _recovered(self, recovery):
-        for message_id, accepted_at in recovery.recent_message_ids:
-            self.dedup.remember(message_id, accepted_at)
+        self.dedup.load(recovery.recent_message_ids)
         self.dispatcher.start(recovery)
         self._pruning = LoopingCall(self._prune)
         self._pruning.clock = self._reactor
@@ -142,7 +148,7 @@ class SNSDaemon(MultiService):
     @inlineCallbacks
     def _stop(self):
         timeout = self.settings["drain-timeout"]
-        self.endpoint.draining = True
+        # The dispatcher's drain (below, in this same turn) is what refuses new POSTs from now on.
         if self._pruning is not None and self._pruning.running:
             self._pruning.stop()
         log.info(
@@ -209,8 +215,12 @@ class SNSDaemon(MultiService):
             log.warn("--spool :memory: keeps accepted records in memory only; a crash loses them")
 
 
-def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
-    clock = reactor
+def build_daemon(reactor, settings: dict, http_client=None, clock=None) -> SNSDaemon:
+    """``http_client`` (treq's API) makes the certificate and SubscribeURL requests: by default
+    treq, through ``HTTPS_PROXY`` when set.  ``clock`` defaults to the reactor."""
+    clock = reactor if clock is None else clock
+    if http_client is None:
+        http_client = make_http_client(reactor, os.environ)
     breaker = CircuitBreaker(
         clock,
         max_failures=settings["breaker-max-failures"],
@@ -221,6 +231,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
     pool = WorkerPool(reactor, settings["workers"], nice=settings["job-nice"])
     spool = SQLiteSpool(reactor, settings["spool"])
     sink = make_sink(settings)
+    policy = BreakerPolicy(breaker, settings["breaker-mode"])
     dispatcher = Dispatcher(
         spool,
         pool,
@@ -229,13 +240,18 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         sink,
         clock,
         workers=settings["workers"],
-        breaker_mode=settings["breaker-mode"],
+        policy=policy,
         max_pending=settings["max-pending"],
     )
     host_trust = HostTrust(settings["trusted-host"])
     checks = SignatureChecks(reactor)
     verifier = MessageVerifier(
-        CertificateStore(http_client, clock, host_trust),
+        CertificateStore(
+            http_client,
+            clock,
+            host_trust,
+            preloaded=load_certificate_dir(settings["cert-dir"]) if settings["cert-dir"] else None,
+        ),
         host_trust,
         TopicAllowList(settings["topic-arn"]),
         clock,
@@ -243,17 +259,21 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         verify_signatures=settings["verify-signatures"],
         checks=checks,
     )
-    dedup = DedupCache(clock, ttl=settings["dedup-ttl"])
+    dedup = AcceptedIds(DedupCache(clock, ttl=settings["dedup-ttl"]), spool, max_age=settings["max-age"])
+    admission = Admission(
+        dispatcher,
+        dedup,
+        policy,
+        SubscriptionConfirmer(http_client, host_trust, clock=clock),
+        clock,
+        ack=settings["ack"],
+    )
     endpoint = SNSEndpoint(
         verifier=verifier,
-        confirmer=SubscriptionConfirmer(http_client, host_trust, clock=clock),
-        dedup=dedup,
-        dispatcher=dispatcher,
+        admission=admission,
+        readiness=Readiness(pool, dispatcher),
         breaker=breaker,
-        pool=pool,
         clock=clock,
-        breaker_mode=settings["breaker-mode"],
-        ack=settings["ack"],
         max_body=settings["max-body"],
         basic_auth=settings["basic-auth"],
         allow_raw_delivery=settings["allow-raw-delivery"],

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from snsd.trust.errors import TrustError
 from snsd.trust.signing import sign_fields, string_to_sign, verify_signature
@@ -92,6 +96,62 @@ def test_adding_a_subject_to_a_message_signed_without_one_breaks_the_signature()
     fields["Subject"] = "injected"
     with pytest.raises(TrustError, match="bad_signature"):
         verify_signature(fields, CERT)
+
+
+def resplit(fields: dict) -> dict:
+    """The forgery of issue 15: a signed Message ending in "\nMessageId\n<text>" re-split so that
+    Message loses that tail and MessageId gains it.  The string to sign is unchanged."""
+    message, marker, moved = fields["Message"].rpartition("\nMessageId\n")
+    assert marker, "the signed Message must contain the marker"
+    return {**fields, "Message": message, "MessageId": f"{moved}\nMessageId\n{fields['MessageId']}"}
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_text_moved_from_message_to_message_id_is_refused(version):
+    genuine = signed(notification(message='{"Records": []}\nMessageId\nchosen-by-the-sender'), version=version)
+    verify_signature(genuine, CERT)
+    forged = resplit(genuine)
+    # The same bytes, so the same signature covers the forgery.
+    assert lines(forged, NOTIFICATION_SIGNED[:2]) == lines(genuine, NOTIFICATION_SIGNED[:2])
+    with pytest.raises(TrustError) as e:
+        verify_signature(forged, CERT)
+    assert (e.value.status, e.value.reason) == (403, "bad_signed_field")
+    assert "MessageId" in e.value.detail
+
+
+def lines(fields: dict, keys: tuple[str, ...]) -> bytes:
+    """The "key\\nvalue\\n" lines of ``keys``, built here without snsd's rules."""
+    return "".join(f"{k}\n{fields[k]}\n" for k in keys).encode()
+
+
+def signed_as_written(fields: dict, keys: tuple[str, ...]) -> dict:
+    """``fields`` signed over :func:`lines`, line breaks and all: what a signer without snsd's
+    rule would produce."""
+    signature = rsa_key().sign(lines(fields, keys), padding.PKCS1v15(), hashes.SHA256())
+    return {**fields, "SignatureVersion": "2", "Signature": base64.b64encode(signature).decode()}
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r"])
+@pytest.mark.parametrize(
+    ("make", "key"),
+    # Not Type: a Type with a line break is no known Type, refused as bad_signature already.
+    [(notification, k) for k in NOTIFICATION_SIGNED if k not in ("Message", "Type")]
+    + [(subscription_confirmation, k) for k in CONFIRMATION_SIGNED if k not in ("Message", "Type")],
+)
+def test_a_line_break_in_any_signed_field_but_message_is_refused(make, key, line_break):
+    fields = make(subject="s") if make is notification else make()
+    keys = NOTIFICATION_SIGNED if make is notification else CONFIRMATION_SIGNED
+    fields[key] = fields[key] + line_break + "tail"
+    with pytest.raises(TrustError) as e:
+        verify_signature(signed_as_written(fields, keys), CERT)
+    assert (e.value.status, e.value.reason) == (403, "bad_signed_field")
+    assert f"signed field {key} " in e.value.detail
+
+
+def test_a_line_break_in_message_is_accepted():
+    fields = notification(subject="s", message="line one\r\nline two\n")
+    verify_signature(signed_as_written(fields, NOTIFICATION_SIGNED), CERT)
+    verify_signature(signed(fields), CERT)
 
 
 def test_unsigned_fields_may_change_without_breaking_the_signature():

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -37,6 +37,12 @@ def rsa_key(name: str = "sns") -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+@functools.cache
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    """A key SNS never signs with: certificates with it must be refused."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
 def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -44,7 +50,7 @@ def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
 
 
 def make_certificate(
-    key: rsa.RSAPrivateKey,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
     common_name: str = "sns.amazonaws.com",
     not_before: datetime = NOW - timedelta(days=30),
     not_after: datetime = NOW + timedelta(days=30),

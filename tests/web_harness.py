@@ -9,13 +9,14 @@ from treq.testing import StubTreq
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 
+from snsd.admission import Admission, BreakerPolicy, Readiness
 from snsd.breaker import CircuitBreaker
 from snsd.dispatcher import Dispatcher
 from snsd.sinks import JSONLinesSink
 from snsd.spool import SQLiteSpool
 from snsd.trust.certs import CertificateStore
 from snsd.trust.confirm import SubscriptionConfirmer
-from snsd.trust.dedup import DedupCache
+from snsd.trust.dedup import AcceptedIds, DedupCache
 from snsd.trust.hosts import HostTrust
 from snsd.trust.topics import TopicAllowList
 from snsd.trust.verifier import MessageVerifier
@@ -78,6 +79,8 @@ class Snsd:
         allow_raw_delivery=False,
         max_body=1024 * 1024,
         max_failures=2,
+        max_age=3600.0,
+        dedup_ttl=3600.0,
     ):
         self.clock = Clock()
         self.clock.advance(NOW.timestamp())
@@ -95,6 +98,7 @@ class Snsd:
             TopicAllowList(topics),
             self.clock,
             verify_signatures=verify_signatures,
+            max_age=max_age,
         )
         self.breaker = CircuitBreaker(self.clock, max_failures=max_failures, cooldown=30)
         self.spool = SQLiteSpool(None, ":memory:", clock=self.clock, inline=True)
@@ -107,6 +111,7 @@ class Snsd:
             self.jobs_seen.append(record)
             return {"verdict": "passed", "key": record.key}
 
+        self.policy = BreakerPolicy(self.breaker, breaker_mode)
         self.dispatcher = Dispatcher(
             self.spool,
             self.pool,
@@ -115,28 +120,32 @@ class Snsd:
             self.sink,
             self.clock,
             workers=4,
-            breaker_mode=breaker_mode,
+            policy=self.policy,
             max_pending=max_pending,
             # Jobs run inline and at once here; the batch wait has its own tests (test_dispatcher).
             batch_wait=0,
         )
-        self.dedup = DedupCache(self.clock)
+        self.accepted = AcceptedIds(DedupCache(self.clock, ttl=dedup_ttl), self.spool, max_age=max_age)
+        self.admission = Admission(
+            self.dispatcher,
+            self.accepted,
+            self.policy,
+            SubscriptionConfirmer(self.aws_http, host_trust, clock=self.clock),
+            self.clock,
+            ack=ack,
+        )
         self.endpoint = SNSEndpoint(
             verifier=self.verifier,
-            confirmer=SubscriptionConfirmer(self.aws_http, host_trust, clock=self.clock),
-            dedup=self.dedup,
-            dispatcher=self.dispatcher,
+            admission=self.admission,
+            readiness=Readiness(self.pool, self.dispatcher),
             breaker=self.breaker,
-            pool=self.pool,
             clock=self.clock,
-            breaker_mode=breaker_mode,
-            ack=ack,
             basic_auth=basic_auth,
             allow_raw_delivery=allow_raw_delivery,
             max_body=max_body,
         )
         self.client = StubTreq(self.endpoint.resource())
-        self.dispatcher.start(result_of(self.spool.open()))
+        self.dispatcher.start(result_of(self.spool.open(dedup_ttl=dedup_ttl)))
 
     def request(self, method: str, path: str = "/", body: bytes | dict | None = None, headers: dict | None = None):
         if isinstance(body, dict):
