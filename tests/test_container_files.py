@@ -187,8 +187,8 @@ def test_default_command_is_accepted_by_the_daemons_options(runtime, monkeypatch
     # Without --dry-run the daemon needs a results bucket: the image's one required setting.
     options = SNSDOptions(environ={"SNSD_RESULTS_BUCKET": "results", **env_of(runtime)})
     options.parseOptions(exec_form(last(runtime, "CMD")))
-    assert options.settings["port"] == "tcp:8080"
-    assert options.settings["spool"] == "/var/lib/snsd/spool.sqlite3"
+    assert options.settings.port == "tcp:8080"
+    assert options.settings.spool == "/var/lib/snsd/spool.sqlite3"
 
 
 def test_user_is_numeric_and_not_root(runtime):
@@ -268,9 +268,9 @@ def test_snsd_command_is_accepted_by_the_daemons_options_in_dry_run(compose):
     snsd = compose["services"]["snsd"]
     options = SNSDOptions(environ={k: str(v) for k, v in snsd["environment"].items()})
     options.parseOptions([str(arg) for arg in snsd["command"]])
-    assert options.settings["dry-run"] is True
-    assert options.settings["verify-signatures"] is True
-    assert options.settings["trusted-host"] == ("localstack:4566",)
+    assert options.settings.dry_run is True
+    assert options.settings.verify_signatures is True
+    assert options.settings.trusted_host == ("localstack:4566",)
 
 
 def test_init_subscribes_snsd_on_its_served_port_after_both_are_healthy(compose):
