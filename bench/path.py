@@ -115,7 +115,7 @@ async def main(args, extra) -> None:
         + ["--spool", str(directory / "spool.sqlite3"), "--topic-arn", TOPIC, "--job", "bench_jobs:trivial"]
         + ["--trusted-host", cert.trusted_host, *extra]
     )
-    configure_logging(options.settings["log-format"])
+    configure_logging(options.settings.log_format)
     daemon = build_daemon(reactor, options.settings)
     daemon.startService()
     try:

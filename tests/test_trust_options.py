@@ -20,9 +20,9 @@ def parse(args, env=None):
 
 def test_cert_dir_defaults_to_none_and_is_read_from_flag_or_environment(tmp_path):
     (tmp_path / NAME).write_bytes(certificate_pem(make_certificate(rsa_key())))
-    assert parse([])["cert-dir"] is None
-    assert parse(["--cert-dir", str(tmp_path)])["cert-dir"] == str(tmp_path)
-    assert parse([], {"SNSD_CERT_DIR": str(tmp_path)})["cert-dir"] == str(tmp_path)
+    assert parse([]).cert_dir is None
+    assert parse(["--cert-dir", str(tmp_path)]).cert_dir == str(tmp_path)
+    assert parse([], {"SNSD_CERT_DIR": str(tmp_path)}).cert_dir == str(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -52,4 +52,4 @@ def test_a_cert_dir_from_the_environment_is_named_by_its_variable(tmp_path):
 def test_an_unusable_https_proxy_stops_startup_with_one_line():
     with pytest.raises(usage.UsageError, match=r"^HTTPS_PROXY 'https://proxy:3128': only http:// proxies"):
         parse([], {"HTTPS_PROXY": "https://proxy:3128"})
-    assert parse([], {"HTTPS_PROXY": "http://proxy:3128"})["cert-dir"] is None
+    assert parse([], {"HTTPS_PROXY": "http://proxy:3128"}).cert_dir is None
