@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 
@@ -140,10 +140,11 @@ class Admission:
 
     async def admit(self, envelope: SNSEnvelope) -> Outcome:
         """Decide, once per MessageId, what becomes of a trusted envelope."""
-        if not self.accepted.reserve(envelope.message_id):
+        until = self.accepted.until(envelope)
+        if not self.accepted.reserve(envelope.message_id, until):
             return DUPLICATE
         try:
-            outcome = await self._admit(envelope)
+            outcome = await self._admit(envelope, until)
         except BaseException:
             self.accepted.release(envelope.message_id)
             raise
@@ -152,7 +153,7 @@ class Admission:
             self.accepted.release(envelope.message_id)
         return outcome
 
-    async def _admit(self, envelope: SNSEnvelope) -> Outcome:
+    async def _admit(self, envelope: SNSEnvelope, until: float) -> Outcome:
         if envelope.type == SUBSCRIPTION_CONFIRMATION:
             try:
                 arn = await self.confirmer.confirm(envelope)
@@ -164,22 +165,26 @@ class Admission:
         parsed = parse_s3_message(envelope.message, envelope.message_id, envelope.topic_arn)
         if not parsed.records:
             return Outcome(Kind.IGNORED, reason=parsed.ignored)
-        return await self._submit(envelope, parsed.records)
+        outcome = await self._submit(envelope, parsed.records, until)
+        if parsed.ignored_records and outcome.jobs:
+            # Some records were left out (malformed, not ObjectCreated); the rest were taken.
+            outcome = replace(outcome, ignored=parsed.ignored_records, reason=parsed.ignored)
+        return outcome
 
-    async def _submit(self, envelope: SNSEnvelope, records) -> Outcome:
+    async def _submit(self, envelope: SNSEnvelope, records, until: float) -> Outcome:
         jobs = len(records)
         instead = self.policy.on_arrival()
         if instead is not None:
             if instead.kind is not Kind.SKIPPED:
                 return instead
             try:
-                await self.dispatcher.skip(envelope, records)
+                await self.dispatcher.skip(envelope, records, remember_until=until)
             except AlreadyAccepted:
                 return DUPLICATE
             return Outcome(Kind.SKIPPED, jobs=jobs)
         after_job = self.ack is AckMode.AFTER_JOB
         try:
-            accepted = await self.dispatcher.accept(envelope, records, track=after_job)
+            accepted = await self.dispatcher.accept(envelope, records, track=after_job, remember_until=until)
         except Backpressure as e:
             return Outcome(Kind.BACKPRESSURE, detail=str(e))
         except AlreadyAccepted:

@@ -144,16 +144,26 @@ class Dispatcher(Service):
 
     # -- the web layer's calls -------------------------------------------------------------
 
-    def accept(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], track: bool = False) -> Deferred:
+    def accept(
+        self,
+        envelope: SNSEnvelope,
+        records: tuple[S3ObjectRecord, ...],
+        track: bool = False,
+        remember_until: float | None = None,
+    ) -> Deferred:
         """Spool a message's records; fires once they are durably recorded.
 
         Fires with the record ids or, with ``track=True`` (``--ack after-job``), with
         ``(ids, done)``, ``done`` a Deferred that fires True when every record succeeded and False when any failed,
         registered before the records can start so a fast job cannot finish unseen.
+        ``remember_until``: until when the spool remembers the MessageId (``AcceptedIds.until``).
         """
-        if self.pending + len(records) > self.max_pending:
+        # Below the cap a message is taken whole, however many records it carries: a message larger
+        # than the cap would otherwise be refused on every try with nothing pending, a permanent
+        # condition answered as a temporary one.  The spool may exceed the cap by one message.
+        if self.pending >= self.max_pending:
             raise Backpressure(f"{self.pending} records pending (max {self.max_pending})")
-        # Reserve before the write so concurrent messages cannot overshoot the cap.
+        # Reserve before the write so concurrent messages cannot overshoot the cap by more than one.
         self.pending += len(records)
 
         def spooled(ids):
@@ -171,7 +181,7 @@ class Dispatcher(Service):
             return failure
 
         try:
-            write = self.spool.add(envelope, records)
+            write = self.spool.add(envelope, records, remember_until)
         except BaseException:
             self.pending -= len(records)  # nothing was queued: give the reservation back
             raise
@@ -179,7 +189,9 @@ class Dispatcher(Service):
         # write goes on and commits: the pending count must follow the write, not the caller.
         return _detached(write.addCallbacks(spooled, failed), "spooling a message")
 
-    def skip(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
+    def skip(
+        self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], remember_until: float | None = None
+    ) -> Deferred:
         """The breaker is open in ``skip`` mode: keep the records as dead letters."""
 
         def kept(written):
@@ -187,7 +199,9 @@ class Dispatcher(Service):
                 raise AlreadyAccepted(envelope.message_id)
             metrics.DEAD_LETTERS.labels(reason="breaker_open").inc(len(records))
 
-        return self.spool.add_dead_letters(envelope, records, "breaker_open").addCallback(kept)
+        return self.spool.add_dead_letters(
+            envelope, records, "breaker_open", remember_until=remember_until
+        ).addCallback(kept)
 
     def _when_done(self, record_ids) -> Deferred:
         waits = []

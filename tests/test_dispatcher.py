@@ -266,15 +266,16 @@ async def test_skip_mode_dead_letters_spooled_records_while_open(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_backpressure_refuses_past_max_pending_and_records_nothing(tmp_path):
+async def test_backpressure_takes_a_message_whole_below_max_pending_and_refuses_at_it_recording_nothing(tmp_path):
     h = Harness(tmp_path, lambda record: {}, workers=1, max_pending=3)
     await h.start()
     h.breaker.force_open()
     await h.submit("m-1", "a", "b")
+    await h.submit("m-2", "c", "d")  # 2 pending, below the cap: taken whole, one message over it
     with pytest.raises(Backpressure):
-        await h.submit("m-2", "c", "d")
-    assert await h.spool.counts() == {"records": 2, "dead_letters": 0}
-    await h.submit("m-3", "e")
+        await h.submit("m-3", "e")
+    assert await h.spool.counts() == {"records": 4, "dead_letters": 0}
+    assert h.dispatcher.pending == 4
     await h.stop()
 
 

@@ -120,3 +120,28 @@ def test_ids_found_at_startup_are_duplicates_for_the_rest_of_their_ttl():
     ids.load((("old", clock.seconds() - 600), ("recent", clock.seconds() - 10)))
     assert "old" not in ids and "recent" in ids
     assert not ids.reserve("recent")
+
+
+def test_an_id_reserved_until_a_later_time_is_remembered_until_then():
+    clock, cache = make(ttl=10)
+    assert cache.reserve("m", until=clock.seconds() + 25)
+    clock.advance(24.9)
+    assert not cache.reserve("m")
+    clock.advance(0.1)
+    assert cache.reserve("m")
+
+
+def test_a_message_stamped_ahead_is_remembered_until_its_timestamp_plus_max_age_and_skew():
+    from datetime import timedelta
+
+    from snsd.trust.verifier import MAX_FUTURE_SKEW
+    from tests.trust_helpers import NOW, envelope, notification
+
+    clock = Clock()
+    clock.advance(NOW.timestamp())
+    _, ids = accepted_ids(clock)  # TTL 600
+    ids = type(ids)(ids.memory, None, max_age=600)
+    ahead = envelope(notification(timestamp=NOW + timedelta(seconds=100)))
+    assert ids.until(ahead) == NOW.timestamp() + 100 + 600 + MAX_FUTURE_SKEW
+    behind = envelope(notification(timestamp=NOW - timedelta(seconds=400)))
+    assert ids.until(behind) == NOW.timestamp() + 600  # the TTL from acceptance is longer

@@ -4,6 +4,7 @@ real RSA key, a real (in-memory) spool, and a fake clock."""
 import base64
 import gc
 import json
+from datetime import timedelta
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
@@ -11,7 +12,7 @@ from twisted.logger import globalLogPublisher
 
 from snsd.admission import AFTER_JOB_WAIT
 from snsd.trust.dedup import DedupCache
-from tests.trust_helpers import TOPIC, notification, result_of, signed, subscription_confirmation
+from tests.trust_helpers import NOW, TOPIC, notification, result_of, signed, subscription_confirmation
 from tests.web_harness import CONFIRMED_ARN, Snsd, s3_message
 
 
@@ -169,7 +170,7 @@ def test_other_methods_on_root_are_405(snsd):
 )
 def test_a_405_says_which_methods_are_allowed(snsd, method, path, allowed):
     # RFC 9110 15.5.6: a 405 answer must carry an Allow header.
-    status, body, headers = snsd.request(method, path)
+    status, body, headers = snsd.request(method, path, admin=path.startswith("/breaker"))
     assert (status, body) == (405, {"error": "method not allowed"})
     (allow,) = headers.getRawHeaders("Allow")
     assert {m.strip() for m in allow.split(",")} == allowed
@@ -215,6 +216,7 @@ def test_a_certificate_that_cannot_be_fetched_is_5xx_and_the_retry_is_accepted(s
         200,
         certificate_pem(make_certificate(rsa_key())),
     )
+    snsd.clock.advance(20)  # SNS's first retry comes 20 s later; a failed download is remembered for 10 s
     assert snsd.post(fields)[0] == 200
     assert len(snsd.jobs_seen) == 1
 
@@ -341,7 +343,7 @@ def test_backpressure_503_past_max_pending(tmp_path):
 
 def test_breaker_admin_endpoints(tmp_path):
     snsd = Snsd(tmp_path, failing_job)
-    status, body, _ = snsd.request("GET", "/breaker")
+    status, body, _ = snsd.admin("GET", "/breaker")
     assert status == 200
     assert body == {
         "state": "closed",
@@ -353,12 +355,12 @@ def test_breaker_admin_endpoints(tmp_path):
         "cooldown": 30,
     }
     open_breaker(snsd)
-    body = snsd.request("GET", "/breaker")[1]
+    body = snsd.admin("GET", "/breaker")[1]
     assert body["state"] == "open" and body["active"] is True and body["consecutive_failures"] == 2
     assert body["last_failure_time"] == "2025-06-01T12:00:00.000Z" and body["cooldown_remaining"] == 30
-    assert snsd.request("POST", "/breaker/reset")[1]["state"] == "closed"
-    assert snsd.request("POST", "/breaker/open")[1]["state"] == "open"
-    assert snsd.request("GET", "/breaker/reset")[1]["state"] == "closed"
+    assert snsd.admin("POST", "/breaker/reset")[1]["state"] == "closed"
+    assert snsd.admin("POST", "/breaker/open")[1]["state"] == "open"
+    assert snsd.admin("GET", "/breaker/reset")[1]["state"] == "closed"
 
 
 def test_health_and_readiness(snsd):
@@ -384,8 +386,8 @@ def test_basic_auth_when_configured(tmp_path):
     assert snsd.post(signed_notification("a.csv"), headers=wrong)[0] == 401
     right = {"Authorization": "Basic " + base64.b64encode(b"sns:s3cret").decode()}
     assert snsd.post(signed_notification("a.csv"), headers=right)[0] == 200
-    assert snsd.request("GET", "/breaker")[0] == 401
-    assert snsd.request("GET", "/breaker", headers=right)[0] == 200
+    assert snsd.admin("GET", "/breaker")[0] == 401
+    assert snsd.admin("GET", "/breaker", headers=right)[0] == 200
 
 
 def test_basic_auth_off_needs_no_credentials(snsd):
@@ -470,7 +472,7 @@ def test_a_size_no_object_can_have_is_dropped_not_a_500(snsd, size):
 
 def test_metrics_are_served(snsd):
     snsd.post(signed_notification("a.csv"))
-    status, body, _ = snsd.request("GET", "/metrics")
+    status, body, _ = snsd.admin("GET", "/metrics")
     assert status == 200
     assert b'snsd_requests_total{status="200",type="Notification"}' in body
 
@@ -480,3 +482,46 @@ def test_posts_before_the_spool_is_open_get_503(snsd):
     status, body, headers = snsd.post(signed_notification("a.csv"))
     assert status == 503 and "spool" in body["error"] and headers.getRawHeaders("Retry-After")
     assert snsd.jobs_seen == []
+
+
+def test_one_malformed_record_no_longer_drops_its_valid_neighbours(snsd):
+    # Issue 15 item 4: answered 200 "ignored" before, and the good record never ran (SNS does not retry a 200).
+    event = json.loads(s3_message("good.csv", "keyless.csv"))
+    del event["Records"][1]["s3"]["object"]["key"]
+    lines = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        status, body, _ = snsd.post(signed(notification(json.dumps(event))))
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    assert (status, body) == (
+        200,
+        {"status": "accepted", "jobs": 1, "ignored": 1, "reason": "S3 record without bucket or key"},
+    )
+    assert [r.key for r in snsd.jobs_seen] == ["good.csv"]
+    (logged,) = [e for e in lines if e.get("log_format", "").startswith("ignored {ignored} records")]
+    assert (logged["ignored"], logged["jobs"], logged["reason"]) == (1, 1, "S3 record without bucket or key")
+
+
+def test_a_message_with_more_records_than_max_pending_is_taken_when_nothing_waits(tmp_path):
+    # Issue 15 item 5: with nothing pending it got 503 on every try, a permanent condition answered as temporary.
+    snsd = Snsd(tmp_path, breaker_mode="spool", max_pending=2)
+    snsd.breaker.force_open()  # nothing runs: what was taken stays pending
+    assert snsd.post(signed_notification("a", "b", "c"))[1] == {"status": "spooled", "jobs": 3}
+    status, _, headers = snsd.post(signed_notification("d"))  # at the cap now: the next one waits
+    assert status == 503 and headers.getRawHeaders("Retry-After") == ["20"]
+    assert snsd.counts()["records"] == 3
+
+
+@pytest.mark.parametrize("memory_let_go", [False, True], ids=["memory", "spool"])
+def test_a_replay_inside_the_clock_skew_allowance_is_a_duplicate(tmp_path, memory_let_go):
+    # Issue 15 item 2, scaled down: max-age 10 s, a message stamped 5 s ahead of snsd's clock is
+    # still fresh 12 s after it was accepted; it used to be remembered only 10 s, and ran twice.
+    snsd = Snsd(tmp_path, max_age=10, dedup_ttl=10)
+    fields = signed(notification(s3_message("a.csv"), timestamp=NOW + timedelta(seconds=5)))
+    assert snsd.post(fields)[1] == {"status": "accepted", "jobs": 1}
+    snsd.clock.advance(12)
+    if memory_let_go:
+        snsd.accepted.release(fields["MessageId"])  # as if the bounded memory had let go: the spool remembers
+    assert snsd.post(fields)[1] == {"status": "duplicate"}
+    assert len(snsd.jobs_seen) == 1

@@ -19,7 +19,9 @@ from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
 
+from snsd.envelope import SNSEnvelope
 from snsd.logs import Logger
+from snsd.trust.verifier import MAX_FUTURE_SKEW, parse_timestamp
 
 log = Logger()
 
@@ -28,7 +30,7 @@ class DedupCache:
     def __init__(self, clock: IReactorTime, ttl: float = 3600.0, max_entries: int = 100_000) -> None:
         if ttl <= 0 or max_entries <= 0:
             raise ValueError("ttl and max_entries must be positive")
-        self._clock = clock
+        self.clock = clock
         self.ttl = ttl
         self.max_entries = max_entries
         # message_id -> time it was reserved (or accepted, for preloaded ids)
@@ -52,15 +54,18 @@ class DedupCache:
         while len(self._seen) > self.max_entries:
             self._seen.popitem(last=False)
 
-    def reserve(self, message_id: str) -> bool:
-        """Mark ``message_id`` as in flight; False (a duplicate) if it was seen within the TTL."""
-        now = self._clock.seconds()
+    def reserve(self, message_id: str, until: float | None = None) -> bool:
+        """Mark ``message_id`` as in flight; False (a duplicate) if it is remembered still.
+
+        It is remembered for the TTL, or until ``until`` (epoch seconds) if that is later."""
+        now = self.clock.seconds()
         self._purge(now)
         seen_at = self._seen.get(message_id)
         if seen_at is not None and not self._expired(seen_at, now):
             # Counted (snsd_duplicates_total) and logged by the endpoint, which answers it.
             return False
-        self._insert(message_id, now)
+        # Kept as the time the TTL counts from: "until" becomes a time that far before it.
+        self._insert(message_id, now if until is None else max(now, until - self.ttl))
         return True
 
     def release(self, message_id: str) -> None:
@@ -69,7 +74,7 @@ class DedupCache:
 
     def remember(self, message_id: str, accepted_at: float) -> None:
         """Preload an id accepted at ``accepted_at`` (epoch seconds), e.g. from the spool at startup."""
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         if self._expired(accepted_at, now):
             return
         previous = self._seen.get(message_id)
@@ -77,10 +82,10 @@ class DedupCache:
 
     def __contains__(self, message_id: object) -> bool:
         seen_at = self._seen.get(message_id)  # type: ignore[call-overload]
-        return seen_at is not None and not self._expired(seen_at, self._clock.seconds())
+        return seen_at is not None and not self._expired(seen_at, self.clock.seconds())
 
     def __len__(self) -> int:
-        self._purge(self._clock.seconds())
+        self._purge(self.clock.seconds())
         return len(self._seen)
 
 
@@ -93,13 +98,31 @@ class AcceptedIds:
     fires with None; the dispatcher raises ``AlreadyAccepted``).
     """
 
-    def __init__(self, memory: DedupCache, spool) -> None:
+    def __init__(self, memory: DedupCache, spool, max_age: float = 3600.0) -> None:
+        """``max_age``: the verifier's ``--max-age``; a message is remembered at least as long as
+        it could pass the verifier's Timestamp check again."""
         self.memory = memory
         self._spool = spool
+        self._fresh_for = max_age + MAX_FUTURE_SKEW
 
-    def reserve(self, message_id: str) -> bool:
-        """Mark ``message_id`` as being handled; False: it was accepted already (a duplicate)."""
-        return self.memory.reserve(message_id)
+    def until(self, envelope: SNSEnvelope) -> float:
+        """When ``envelope``'s MessageId may be forgotten: the TTL after acceptance, or, for a
+        message stamped ahead of our clock, its signed Timestamp + max-age + the allowed skew.
+
+        A replay is refused as stale only once its Timestamp is older than max-age; remembered
+        for the TTL from acceptance alone, a message stamped up to the skew ahead would be
+        fresh, and new, again for that long (issue 15, item 2)."""
+        remember_until = self.memory.clock.seconds() + self.memory.ttl
+        try:
+            signed_at = parse_timestamp(envelope.timestamp)
+        except ValueError:  # a raw delivery carries none: it was never checked
+            return remember_until
+        return max(remember_until, signed_at + self._fresh_for)
+
+    def reserve(self, message_id: str, until: float | None = None) -> bool:
+        """Mark ``message_id`` as being handled until ``until`` (see :meth:`until`); False: it
+        was accepted already (a duplicate)."""
+        return self.memory.reserve(message_id, until)
 
     def release(self, message_id: str) -> None:
         """Refused before anything was recorded (a 5xx): SNS's retry must get in."""
