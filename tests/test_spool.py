@@ -80,6 +80,46 @@ async def test_an_operation_that_fails_fails_alone_in_its_group_commit(path):
     await spool.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_what_a_failing_operation_wrote_before_it_failed_is_undone(path):
+    spool, _ = await opened(path)
+
+    def half_done(conn):
+        conn.execute("INSERT INTO messages (message_id, accepted_at, remember_until) VALUES ('half', 0, 0)")
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    before = spool.add(envelope("m-1"), records("a", message_id="m-1"))
+    broken = spool._submit(half_done)
+    after = spool.add(envelope("m-2"), records("b", message_id="m-2"))
+    with pytest.raises(sqlite3.OperationalError):
+        await broken
+    assert len(await before) == 1 and len(await after) == 1
+    await spool.close()
+    assert rows(path, "SELECT message_id FROM messages ORDER BY message_id") == [("m-1",), ("m-2",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_that_fails_fails_its_whole_group_and_the_next_group_commits(path):
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    conn.close()
+    spool, _ = await opened(path)
+    spool._conn.execute("PRAGMA foreign_keys = ON")  # so COMMIT itself fails, with the transaction still open
+    with_it = spool.add(envelope("m-1"), records("a", message_id="m-1"))
+    orphan = spool._submit(lambda conn: conn.execute("INSERT INTO child VALUES (42)") and None)
+    with pytest.raises(sqlite3.IntegrityError):
+        await orphan
+    with pytest.raises(sqlite3.IntegrityError):
+        await with_it  # none of the group half-done
+    assert len(await spool.add(envelope("m-2"), records("b", message_id="m-2"))) == 1
+    await spool.close()
+    assert rows(path, "SELECT message_id FROM messages") == [("m-2",)]
+    assert rows(path, "SELECT COUNT(*) FROM child") == [(0,)]
+
+
 def fired(d):
     """The result of a Deferred that has fired (a plain value; no reactor needed)."""
     results = []
