@@ -133,7 +133,7 @@ def replay_command(conn, args, out) -> int:
     resolved = failed = 0
     try:
         for d in letters:
-            line = run_job(settings["job"], d.record, d.attempts + 1)
+            line = run_job(settings.job, d.record, d.attempts + 1)
             error = line["error"]
             try:
                 sink.write(line)

@@ -127,8 +127,8 @@ class S3ResultSink:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-def make_sink(settings: dict):
-    """The sink the settings ask for: the JSONL file in dry-run mode, else S3."""
-    if settings["dry-run"]:
-        return JSONLinesSink(settings["results"])
-    return S3ResultSink(settings["results-bucket"], settings["results-prefix"])
+def make_sink(settings):
+    """The sink the :class:`~snsd.config.Settings` ask for: the JSONL file in dry-run mode, else S3."""
+    if settings.dry_run:
+        return JSONLinesSink(settings.results)
+    return S3ResultSink(settings.results_bucket, settings.results_prefix)

@@ -13,5 +13,5 @@ def makeService(options: Options):
     from snsd.daemon import build_daemon
     from snsd.logs import configure_logging
 
-    configure_logging(options.settings["log-format"])
+    configure_logging(options.settings.log_format)
     return build_daemon(reactor, options.settings)

@@ -17,7 +17,8 @@ from snsd.daemon import PRUNE_INTERVAL, build_daemon
 def settings(tmp_path, *args):
     options = SNSDOptions(environ={})
     options.parseOptions(
-        ["--port", "tcp:0:interface=127.0.0.1", "--spool", ":memory:", "--dry-run",
+        ["--port", "tcp:0:interface=127.0.0.1", "--admin-port", "tcp:0:interface=127.0.0.1",
+         "--spool", ":memory:", "--dry-run",
          "--results", str(tmp_path / "results.jsonl"), "--job", "snsd.jobs.head:head_object", *args]
     )  # fmt: skip
     return options.settings
@@ -65,17 +66,15 @@ def test_a_port_already_taken_stops_the_start_before_anything_runs(tmp_path, log
         taken.close()
     critical = [e for e in logged if e.get("log_level") is LogLevel.critical]
     assert [e["log_format"] for e in critical] == ["cannot listen on {port}: {error}"]
-    assert not daemon.pool.running and not daemon.dispatcher.ready
+    assert not daemon.pool.running and not daemon.dispatcher.ready and not daemon.spool_service.running
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_failed_prune_does_not_end_pruning(tmp_path):
-    daemon = await started(build_daemon(reactor, settings(tmp_path)))
+    clock = Clock()
+    daemon = await started(build_daemon(reactor, settings(tmp_path), clock=clock, freeze_gc=False))
     try:
-        clock, calls = Clock(), []
-        daemon._pruning.stop()
-        daemon._pruning.clock = clock
-        daemon._pruning.start(PRUNE_INTERVAL, now=False)
+        calls = []
 
         def prune(ttl):
             calls.append(ttl)
@@ -83,11 +82,58 @@ async def test_a_failed_prune_does_not_end_pruning(tmp_path):
 
         daemon.spool.prune = prune
         clock.advance(PRUNE_INTERVAL)
-        assert daemon._pruning.running
+        assert daemon.pruning.running
         clock.advance(PRUNE_INTERVAL)
-        assert len(calls) == 2
+        assert calls == [3600.0, 3600.0]
     finally:
         await daemon.stopService()
+
+
+def test_services_start_in_order_with_the_spool_first(tmp_path):
+    daemon = build_daemon(reactor, settings(tmp_path), freeze_gc=False)
+    names = [service.name for service in daemon]
+    assert names == [
+        "spool",
+        "breaker",
+        "pool",
+        "job",
+        "sink",
+        "dispatcher",
+        "signature-checks",
+        "pruning",
+        "http",
+        "admin-http",
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_stops_each_child_once_in_the_drain_order(tmp_path, logged):
+    daemon = await started(build_daemon(reactor, settings(tmp_path), freeze_gc=False))
+    stopped = []
+    for service in daemon:
+        original = service.stopService
+
+        def recording(service=service, original=original):
+            stopped.append(service.name)
+            return original()
+
+        service.stopService = recording
+    await daemon.stopService()
+    assert stopped == [
+        "pruning",
+        "http",
+        "admin-http",
+        "signature-checks",
+        "spool",
+        "pool",
+        "job",
+        "sink",
+        "dispatcher",
+        "breaker",
+    ]
+    assert not any(service.running for service in daemon) and not daemon.running
+    lines = [e["log_format"] for e in logged if e.get("log_namespace") == "snsd.daemon"]
+    assert any(line.startswith("draining: ") for line in lines) and lines[-1] == "stopped"
 
 
 @pytest_twisted.ensureDeferred
@@ -105,3 +151,19 @@ async def test_a_failing_teardown_step_does_not_skip_the_later_ones(tmp_path, lo
     assert daemon.sink.closed
     assert any(e.get("log_format") == "error while {what}" and e["what"] == "closing the spool" for e in logged)
     assert any(e.get("log_format") == "stopped" for e in logged)
+
+
+def test_an_admin_port_already_taken_stops_the_start_and_closes_the_main_port(tmp_path, logged):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        daemon = build_daemon(reactor, settings(tmp_path, "--admin-port", f"tcp:{port}:interface=127.0.0.1"))
+        with pytest.raises(CannotListenError):
+            daemon.startService()
+    finally:
+        taken.close()
+    critical = [e for e in logged if e.get("log_level") is LogLevel.critical]
+    assert [e["port"] for e in critical] == [f"tcp:{port}:interface=127.0.0.1"]
+    assert daemon.http.port is None and not daemon.pool.running
