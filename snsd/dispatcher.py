@@ -79,8 +79,6 @@ class Dispatcher(Service):
         self.pending = recovery.pending
         metrics.SPOOL_PENDING.set(self.pending)
         self.ready = True
-        # Claim in the same transaction as the messages a turn accepted: one commit, not two.
-        self.spool.before_flush = self._pump
         if recovery.pending:
             log.info("recovered {pending} spooled records; running them again", pending=recovery.pending)
         self._pump()
