@@ -138,9 +138,6 @@ class SQLiteSpool:
         self._checkpointing = False
         self._paused = False  # commits wait while the WAL is reset
         self.wal_resets = 0  # for tests and benchmarks
-        # Called at the start of each group commit, so it can add operations that should see
-        # this batch's writes in the same transaction (the dispatcher's claim).
-        self.before_flush = None
         self.last_checkpoint: Deferred | None = None  # for tests: fires with (busy, wal frames, copied)
         self.commits = 0  # for tests and benchmarks: how many transactions ran
         self._dedup_ttl = 3600.0  # set by open()
@@ -391,10 +388,8 @@ class SQLiteSpool:
         if self._paused and not force:
             self._flush_call = None
             return []
-        if self.before_flush is not None and not self._inline:
-            self.before_flush()
         if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()  # what the hook added joins this batch
+            self._flush_call.cancel()  # called directly (close): the scheduled flush would find nothing
         self._flush_call = None
         batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
         if self._queued:
