@@ -42,7 +42,7 @@ COPY twisted ./twisted
 # cache now, as root, since the runtime user (and a read-only root filesystem) cannot.
 RUN /opt/snsd/bin/python -m pip install --no-deps . \
     && /opt/snsd/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
-# Keep the runtime image small (the target is under 400 MB; pyarrow alone is 170 MB): drop
+# Keep the runtime image small (the target is under 400 MB; pyarrow is its largest part): drop
 # pyarrow's test suite, C++ headers and sources and its Arrow Flight RPC (snsd reads CSV, JSON
 # and Parquet), and pip itself (the runtime installs nothing).  The import line fails the build
 # if a module snsd uses went with them.

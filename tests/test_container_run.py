@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
+from snsd.config import BY_FLAG
 from snsd.tools.localstack import free_port
 from snsd.tools.wire import wire
 from tests.container_env import FIGURES, docker
@@ -44,6 +45,9 @@ class Container:
     def __init__(self, image: str, data: Path, *args: str, env: dict | None = None, mounts=()):
         self.image, self.data, self.args = image, data, args
         self.port = free_port()
+        # /metrics moves to its own loopback port once the daemon has --admin-port; with
+        # --network host every container needs a free one.
+        self.admin_port = free_port() if "admin-port" in BY_FLAG else self.port
         self.name = f"snsd-test-{uuid.uuid4().hex[:8]}"
         self.env = {
             # The image's HEALTHCHECK asks this URL: it follows --port.
@@ -65,6 +69,8 @@ class Container:
         for name, value in self.env.items():
             argv += ["--env", f"{name}={value}"]
         argv += [self.image, "--port", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
+        if self.admin_port != self.port:
+            argv += ["--admin-port", f"tcp:{self.admin_port}:interface=127.0.0.1"]
         self.started_at = time.monotonic()
         docker(*argv)
         return self
@@ -271,7 +277,7 @@ class TestAgainstLocalStack:
             s3.put_object(Bucket=bucket, Key=key, Body=b"x\n1\n")
 
         def all_accepted():
-            status, text = get(first.url + "/metrics")
+            status, text = get(f"http://127.0.0.1:{first.admin_port}/metrics")
             return status == 200 and metric_sum(text, "snsd_requests_total", type="Notification", status="200") >= 6
 
         first.wait_for(all_accepted, what="six notifications accepted")
