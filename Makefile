@@ -43,15 +43,16 @@ test: venv localstack lint
 # against only its listed test files.  `make mutate MUTATE="snsd/spool.py=tests/test_spool.py"`.
 T := tests/test_trust_
 MUTATE ?= \
-	snsd/trust/signing.py=$(T)signing.py,$(T)verifier.py,$(T)offload.py,$(T)http.py \
-	snsd/trust/hosts.py=$(T)hosts.py,$(T)certs.py,$(T)verifier.py,$(T)confirm.py \
+	snsd/trust/signing.py=$(T)signing.py,$(T)verifier.py \
+	snsd/trust/hosts.py=$(T)hosts.py,$(T)verifier.py \
 	snsd/trust/certs.py=$(T)certs.py,$(T)verifier.py \
 	snsd/trust/fetch.py=$(T)certs.py,$(T)confirm.py \
 	snsd/trust/confirm.py=$(T)confirm.py \
-	snsd/trust/topics.py=$(T)topics.py,$(T)verifier.py \
-	snsd/trust/verifier.py=$(T)verifier.py,$(T)http.py \
+	snsd/trust/topics.py=$(T)topics.py \
+	snsd/trust/verifier.py=$(T)verifier.py \
 	snsd/trust/offload.py=$(T)offload.py \
 	snsd/trust/errors.py=$(T)verifier.py \
+	snsd/trust/proxy.py=$(T)proxy.py \
 	snsd/trust/dedup.py=$(T)dedup.py \
 	snsd/breaker.py=tests/test_breaker.py
 MUTATE_ARGS ?=

@@ -602,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     assert not any(n == "snsd" or n.startswith("snsd.") for n in sys.modules), "snsd must not be preloaded"
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"snsd-mutate-{os.getpid()}"
     log_dir.mkdir(parents=True, exist_ok=True)
+    # The tests' RSA keys, made once for the whole run instead of once per mutant.
+    os.environ["SNSD_TEST_KEY_DIR"] = str(log_dir)
 
     summary = []
     by_kind: Counter[tuple[str, str]] = Counter()

@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from prometheus_client import REGISTRY
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from snsd.trust.certs import CertificateStore, load_certificate_dir
 from snsd.trust.errors import TrustError
@@ -347,3 +351,101 @@ def test_an_ec_certificate_downloaded_is_refused():
     h = Harness(routes={PATH: (200, certificate_pem(make_certificate(ec_key())))})
     error = failure_of(h.fetch(), TrustError)
     assert (error.status, error.reason, error.detail) == (403, "untrusted_certificate", "certificate key is not RSA")
+
+
+# -- pinned by mutation testing (issue 18) ----------------------------------------------------------
+
+
+def test_the_size_cap_is_exact():
+    assert result_of(Harness(max_bytes=len(PEM)).fetch()) == CERT
+    error = failure_of(Harness(max_bytes=len(PEM) - 1).fetch(), TrustError)
+    assert f"larger than {len(PEM) - 1} bytes" in error.detail
+
+
+def test_an_oversized_body_is_refused_as_it_streams_in_not_when_it_ends():
+    h = Harness(max_bytes=1000)
+    h.resource.hang.add(PATH)
+    d = h.fetch()
+    for request in h.resource.pending:
+        request.write(b"x" * 1001)  # and never finishes
+    h.stub.flush()
+    error = failure_of(d, TrustError)  # before any timeout
+    assert "larger than 1000 bytes" in error.detail
+
+
+def test_the_default_limits():
+    store = CertificateStore(None, Clock(), HostTrust())
+    assert (store.timeout, store.max_bytes, store.max_entries, store.max_ttl, store.failure_ttl) == (
+        5.0,
+        16384,
+        64,
+        86400.0,
+        10.0,
+    )
+
+
+def test_a_certificate_is_valid_from_300_seconds_before_its_not_before():
+    cert = make_certificate(rsa_key(), not_before=NOW + timedelta(seconds=300), not_after=NOW + timedelta(days=1))
+    assert result_of(Harness(routes={PATH: (200, certificate_pem(cert))}).fetch()) == cert
+    cert = make_certificate(rsa_key(), not_before=NOW + timedelta(seconds=301), not_after=NOW + timedelta(days=1))
+    error = failure_of(Harness(routes={PATH: (200, certificate_pem(cert))}).fetch(), TrustError)
+    assert (error.reason, error.detail) == ("untrusted_certificate", "certificate is not valid yet")
+
+
+def test_a_certificate_with_two_common_names_is_refused():
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "evil.example"),
+        ]
+    )
+    key = rsa_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    error = failure_of(Harness(routes={PATH: (200, certificate_pem(cert))}).fetch(), TrustError)
+    assert error.reason == "untrusted_certificate"
+
+
+def test_a_cache_hit_refreshes_the_entry():
+    paths = [f"/SimpleNotificationService-{i}.pem".encode() for i in range(3)]
+    h = Harness(routes={p: (200, PEM) for p in paths}, max_entries=2)
+    urls = ["https://sns.us-east-1.amazonaws.com" + p.decode() for p in paths]
+    result_of(h.fetch(urls[0]))
+    result_of(h.fetch(urls[1]))
+    result_of(h.fetch(urls[0]))  # now the most recently used
+    result_of(h.fetch(urls[2]))  # evicts urls[1], not urls[0]
+    result_of(h.fetch(urls[0]))
+    assert len(h.resource.requests) == 3
+
+
+def test_a_download_failure_is_logged_with_the_url():
+    h = Harness(routes={PATH: (503, b"")})
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        failure_of(h.fetch(), TrustError)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [(e["url"], e["error"]) for e in events if "could not fetch" in e.get("log_format", "")] == [
+        (CERT_URL, "HTTP 503")
+    ]
+
+
+def test_an_expired_preloaded_certificate_is_warned_about_at_startup():
+    expired = make_certificate(rsa_key(), not_before=NOW - timedelta(days=9), not_after=NOW - timedelta(days=1))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        Harness(preloaded={NAME: expired, "SimpleNotificationService-ok.pem": CERT})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["name"] for e in events if "expired on" in e.get("log_format", "")] == [NAME]
+    assert [e["count"] for e in events if e.get("log_format", "").endswith("preloaded signing certificates")] == [2]

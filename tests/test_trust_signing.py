@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from snsd.trust.errors import TrustError
 from snsd.trust.signing import sign_fields, string_to_sign, verify_signature
 from tests.trust_helpers import (
+    ec_key,
     make_certificate,
     notification,
     private_key_pem,
@@ -200,3 +201,62 @@ def test_sign_fields_accepts_str_pem_and_leaves_the_input_alone():
     verify_signature(result, CERT)
     with pytest.raises(ValueError):
         sign_fields(fields, private_key_pem(rsa_key()), "3")
+
+
+# -- pinned by mutation testing (issue 18): each of these once let a plausible bug through ------------
+
+
+@pytest.mark.parametrize("value", [None, 5, ["x"]])
+@pytest.mark.parametrize("key", ["MessageId", "Message", "Timestamp"])
+def test_a_signed_field_missing_or_not_a_string_cannot_be_signed_or_verified(key, value):
+    fields = {**notification(), key: value}
+    with pytest.raises(ValueError, match=f"signed field {key} is missing or not a string"):
+        string_to_sign(fields)
+    genuine = signed(notification())
+    with pytest.raises(TrustError) as e:
+        verify_signature({**genuine, key: value}, CERT)
+    assert (e.value.status, e.value.reason) == (403, "bad_signature")
+
+
+@pytest.mark.parametrize("junk", ["!", " ", "\n", "*"])
+def test_a_signature_with_characters_outside_base64_is_refused(junk):
+    # A lenient decoder would skip them and verify the genuine signature underneath.
+    fields = signed(notification())
+    signature = fields["Signature"]
+    fields["Signature"] = signature[:10] + junk + signature[10:]
+    with pytest.raises(TrustError) as e:
+        verify_signature(fields, CERT)
+    assert (e.value.status, e.value.reason) == (403, "bad_signature")
+
+
+def test_a_certificate_without_an_rsa_key_is_refused():
+    fields = signed(notification())
+    with pytest.raises(TrustError) as e:
+        verify_signature(fields, make_certificate(ec_key()))
+    assert (e.value.status, e.value.reason, e.value.detail) == (
+        403,
+        "untrusted_certificate",
+        "certificate key is not RSA",
+    )
+
+
+def test_signing_refuses_unknown_versions_and_keys_that_are_not_rsa():
+    with pytest.raises(ValueError, match="unsupported SignatureVersion"):
+        sign_fields(notification(), private_key_pem(rsa_key()), "3")
+    ec_pem = ec_key().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(ValueError, match="RSA private key"):
+        sign_fields(notification(), ec_pem, "1")
+
+
+def test_sign_fields_defaults_to_version_1():
+    fields = sign_fields(notification(), private_key_pem(rsa_key()))
+    assert fields["SignatureVersion"] == "1"
+    verify_signature(fields, CERT)
+
+
+def test_the_string_to_sign_is_utf_8():
+    fields = notification(message="héllo ✓")
+    assert "Message\nhéllo ✓\n".encode() in string_to_sign(fields)
+    verify_signature(signed(fields, version="2"), CERT)
