@@ -69,6 +69,8 @@ VOLUME ["/var/lib/snsd"]
 # Numeric, so Kubernetes' runAsNonRoot can check it without an /etc/passwd entry.
 USER 10001:10001
 EXPOSE 8080
+# The admin listener (/metrics, /breaker) stays on the container's loopback (127.0.0.1:9090) unless
+# SNSD_ADMIN_PORT says otherwise; deploy/kubernetes/ sets tcp:9090 for Prometheus.
 # No curl in slim images: ask /healthz with the Python that is already there (a non-2xx answer
 # raises, which exits non-zero too).  Change SNSD_HEALTHCHECK_URL along with --port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

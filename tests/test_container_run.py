@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
-from snsd.config import BY_FLAG
 from snsd.tools.localstack import free_port
 from snsd.tools.wire import wire
 from tests.container_env import FIGURES, docker
@@ -45,9 +44,9 @@ class Container:
     def __init__(self, image: str, data: Path, *args: str, env: dict | None = None, mounts=()):
         self.image, self.data, self.args = image, data, args
         self.port = free_port()
-        # /metrics moves to its own loopback port once the daemon has --admin-port; with
-        # --network host every container needs a free one.
-        self.admin_port = free_port() if "admin-port" in BY_FLAG else self.port
+        # The admin listener (/metrics) defaults to 127.0.0.1:9090: with --network host every
+        # container needs a free port of its own.
+        self.admin_port = free_port()
         self.name = f"snsd-test-{uuid.uuid4().hex[:8]}"
         self.env = {
             # The image's HEALTHCHECK asks this URL: it follows --port.
@@ -68,9 +67,8 @@ class Container:
             argv += ["--volume", f"{source}:{target}:ro"]
         for name, value in self.env.items():
             argv += ["--env", f"{name}={value}"]
-        argv += [self.image, "--port", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
-        if self.admin_port != self.port:
-            argv += ["--admin-port", f"tcp:{self.admin_port}:interface=127.0.0.1"]
+        argv += [self.image, "--port", f"tcp:{self.port}:interface=127.0.0.1"]
+        argv += ["--admin-port", f"tcp:{self.admin_port}:interface=127.0.0.1", *self.args]
         self.started_at = time.monotonic()
         docker(*argv)
         return self
@@ -265,8 +263,6 @@ class TestAgainstLocalStack:
             "SNSD_TEST_JOB_SECONDS": "4",
             "SNS_WORKER_MAX": "2",
             "SNSD_DRAIN_TIMEOUT_SECONDS": "20",
-            # /metrics is read on the published main port below; it is on the admin listener otherwise.
-            "SNSD_ADMIN_ON_MAIN_PORT": "1",
         }
         mounts = [(jobs, "/opt/snsd-test-jobs")]
         first = containers(snsd_image.tag, data, *args, env=env, mounts=mounts)

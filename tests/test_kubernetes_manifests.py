@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from snsd.config import SETTINGS, SNSDOptions
-from snsd.web import SNSEndpoint
+from snsd.ops import ADMIN_PATHS, HEALTH_PATHS, OpsRoutes
 from tests.test_container_files import env_of, exec_form, last, parse_dockerfile, stages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,8 +93,16 @@ def container_port(container, name_or_number) -> int:
     raise AssertionError(f"no container port {name_or_number!r}")
 
 
-def served_paths() -> set[str]:
-    return {rule.rule for rule in SNSEndpoint.app.url_map.iter_rules() if "GET" in (rule.methods or ())}
+def served_paths(admin: bool) -> set[str]:
+    """GET routes the main port (``admin=False``) or the admin listener serves."""
+    routes = {rule.rule for rule in OpsRoutes.app.url_map.iter_rules() if "GET" in (rule.methods or ())}
+    paths = {p.decode() for p in (HEALTH_PATHS | ADMIN_PATHS if admin else HEALTH_PATHS)}
+    return routes & paths
+
+
+def port_number(endpoint: str) -> int:
+    """The port of a Twisted server endpoint string such as tcp:9090:interface=127.0.0.1."""
+    return int(endpoint.split(":")[1])
 
 
 def matches(selector: dict, labels: dict) -> bool:
@@ -152,19 +160,21 @@ def test_every_snsd_variable_is_one_of_the_daemons_options(environment):
     assert ours <= known, f"not snsd options: {sorted(ours - known)}"
 
 
-def test_the_served_port_is_the_container_port_the_services_use(settings, container, documents):
-    port = int(settings.port.split(":")[1])
-    assert container_port(container, "http") == port
+def test_the_ports_the_daemon_serves_are_the_container_ports_the_services_use(settings, container, documents):
+    served = {port_number(settings.port), port_number(settings.admin_port)}
+    assert container_port(container, "http") == port_number(settings.port)
+    assert container_port(container, "admin") == port_number(settings.admin_port)
+    assert {p["containerPort"] for p in container["ports"]} == served
     for service in (d for d in documents if d["kind"] == "Service"):
         for service_port in service["spec"]["ports"]:
-            assert container_port(container, service_port["targetPort"]) == port
+            assert container_port(container, service_port["targetPort"]) in served
 
 
 def test_probes_ask_the_daemons_health_routes_on_the_served_port(settings, container):
-    port = int(settings.port.split(":")[1])
+    port = port_number(settings.port)
     liveness, readiness = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
     assert liveness["path"] == "/healthz" and readiness["path"] == "/readyz"
-    assert {"/healthz", "/readyz"} <= served_paths()
+    assert {"/healthz", "/readyz"} <= served_paths(admin=False)
     assert container_port(container, liveness["port"]) == port == container_port(container, readiness["port"])
 
 
@@ -222,7 +232,18 @@ def test_servicemonitor_scrapes_the_daemons_metrics_route_through_one_service(do
     # One Service only: two would scrape every pod twice.
     assert len(selected) == 1
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["path"] == "/metrics" and "/metrics" in served_paths()
+    assert endpoint["path"] == "/metrics"
     (service_port,) = [p for p in selected[0]["spec"]["ports"] if p["name"] == endpoint["port"]]
-    metrics_port = int(settings.port.split(":")[1])
-    assert container_port(container, service_port["targetPort"]) == metrics_port
+    scraped = container_port(container, service_port["targetPort"])
+    if settings.admin_on_main_port:
+        assert scraped == port_number(settings.port) and "/metrics" in served_paths(admin=False)
+    else:
+        assert scraped == port_number(settings.admin_port) and "/metrics" in served_paths(admin=True)
+        # On the pod's address: snsd's loopback default is out of Prometheus' reach.
+        assert "interface=" not in settings.admin_port or "interface=0.0.0.0" in settings.admin_port
+
+
+def test_the_public_service_does_not_publish_the_admin_port(documents, container, settings):
+    public = one(documents, "Service", "snsd")
+    targets = {container_port(container, p["targetPort"]) for p in public["spec"]["ports"]}
+    assert port_number(settings.admin_port) not in targets
