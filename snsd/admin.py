@@ -23,10 +23,11 @@ from datetime import UTC, datetime
 
 from twisted.python import usage
 
+from snsd import spool_schema
 from snsd.config import SNSDOptions
 from snsd.results import run_job
 from snsd.sinks import make_sink
-from snsd.spool import fail_dead_letter_again, list_dead_letters, resolve_dead_letter
+from snsd.spool import SpoolVersionError, fail_dead_letter_again, list_dead_letters, resolve_dead_letter
 
 EXIT_USAGE = 2
 
@@ -47,6 +48,11 @@ def _open(path: str) -> sqlite3.Connection:
     if not {"records", "dead_letters", "messages"} <= tables:
         conn.close()
         raise SystemExit(f"snsd-admin: {path} is not an snsd spool (no records/dead_letters tables)")
+    try:
+        spool_schema.refuse_newer(conn)  # its tables may no longer mean what this code thinks
+    except SpoolVersionError as e:
+        conn.close()
+        raise SystemExit(f"snsd-admin: cannot use the spool {path}: {e}") from None
     return conn
 
 
@@ -127,7 +133,7 @@ def replay_command(conn, args, out) -> int:
     resolved = failed = 0
     try:
         for d in letters:
-            line = run_job(settings["job"], d.record, d.attempts + 1)
+            line = run_job(settings.job, d.record, d.attempts + 1)
             error = line["error"]
             try:
                 sink.write(line)

@@ -1,44 +1,52 @@
-"""Wiring: builds the daemon's services from its settings, and owns the shutdown order.
+"""Wiring: builds the daemon's services from its settings, and owns the start and stop order.
 
-    SNSDaemon (MultiService)
+    SNSDaemon (MultiService), children in start order
+      ├── spool             SpoolService: opens the SQLite spool (a failure ends the start)
       ├── breaker           CircuitBreaker: state machine, cooldown timer
       ├── pool              WorkerPool: the sized thread pool jobs run on
+      ├── job               ClosingService: the job's worker processes, closed on stop
+      ├── sink              ClosingService: the results sink, closed on stop
       ├── dispatcher        Dispatcher: spool -> breaker -> pool -> sink -> spool
       ├── signature-checks  SignatureChecks: RSA checks in a thread, a reactor turn at a time
-      └── http              StreamServerEndpointService(Site(SNSEndpoint))
+      ├── pruning           TimerService: forgets accepted MessageIds older than --dedup-ttl
+      └── http              Listener(Site(SNSEndpoint))
 
 ``MultiService`` would stop its children all at once; a graceful drain needs an order:
 refuse new work, let running jobs finish (bounded), stop listening, close the spool, stop
-the pool.  That order lives in :meth:`SNSDaemon.stopService` and nowhere else.
+the pool.  That order is :meth:`SNSDaemon._stop`'s one list, and nowhere else.
 """
 
 from __future__ import annotations
 
 import gc
-import signal
+import os
 
-import treq
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from snsd.admission import Admission, BreakerPolicy, Readiness
 from snsd.breaker import CircuitBreaker
-from snsd.dispatcher import Dispatcher
+from snsd.config import Settings
+from snsd.dispatcher import BATCH_WAIT, Dispatcher
+from snsd.exitsignal import exit_cleanly_after_sigterm
+from snsd.logs import Logger
 from snsd.pool import WorkerPool
+from snsd.services import ClosingService, Listener, SpoolService
 from snsd.sinks import make_sink
+from snsd.site import make_site
 from snsd.spool import SQLiteSpool
-from snsd.trust.certs import CertificateStore
+from snsd.trust.certs import CertificateStore, load_certificate_dir
 from snsd.trust.confirm import SubscriptionConfirmer
-from snsd.trust.dedup import DedupCache
+from snsd.trust.dedup import AcceptedIds, DedupCache
 from snsd.trust.hosts import HostTrust
 from snsd.trust.offload import SignatureChecks
+from snsd.trust.proxy import make_http_client
 from snsd.trust.topics import TopicAllowList
 from snsd.trust.verifier import MessageVerifier
-from snsd.web import SNSEndpoint, make_site
+from snsd.web import SNSEndpoint
 
 log = Logger()
 
@@ -50,21 +58,24 @@ class SNSDaemon(MultiService):
     def __init__(
         self,
         *,
+        settings: Settings,
+        reactor,
+        clock,
         endpoint: SNSEndpoint,
         dispatcher: Dispatcher,
         spool: SQLiteSpool,
-        pool: WorkerPool,
+        pool,
         breaker: CircuitBreaker,
-        http: StreamServerEndpointService,
-        checks: SignatureChecks,
+        http: Listener,
+        checks: SignatureChecks | None,
         sink,
+        job,
         dedup,
-        settings: dict,
-        reactor,
+        freeze_gc: bool = True,
     ):
         super().__init__()
         self._reactor = reactor
-        self._pruning: LoopingCall | None = None
+        self.settings = settings
         self.endpoint = endpoint
         self.dispatcher = dispatcher
         self.spool = spool
@@ -74,8 +85,17 @@ class SNSDaemon(MultiService):
         self.checks = checks
         self.sink = sink
         self.dedup = dedup
-        self.settings = settings
-        for service in (breaker, pool, dispatcher, checks, http):
+        self._freeze_gc = freeze_gc
+        self.spool_service = SpoolService(spool, settings.dedup_ttl)
+        self.job_service = ClosingService("job", getattr(job, "close", None))
+        self.sink_service = ClosingService("sink", sink.close)
+        # The first prune waits for the spool to open (see _prune); later ones every PRUNE_INTERVAL.
+        self.pruning = TimerService(PRUNE_INTERVAL, self._prune)
+        self.pruning.clock = clock
+        self.pruning.setName("pruning")
+        children = (self.spool_service, breaker, pool, self.job_service, self.sink_service, dispatcher)
+        children += (checks,) if checks is not None else ()
+        for service in (*children, self.pruning, http):
             service.setServiceParent(self)
 
     def privilegedStartService(self):
@@ -85,49 +105,38 @@ class SNSDaemon(MultiService):
         try:
             MultiService.privilegedStartService(self)
         except CannotListenError as e:
-            log.critical("cannot listen on {port}: {error}", port=self.settings["port"], error=e.socketError)
+            log.critical("cannot listen on {port}: {error}", port=self.settings.port, error=e.socketError)
             raise
 
     def startService(self):
-        if self.http._waitingForPort is None:  # started without twistd, which binds first
+        if self.http.port is None:  # started without twistd, which binds first
             self.privilegedStartService()
-        # Before any thread starts, for the same reason: a spool that cannot be opened ends the start.
-        try:
-            opened = self.spool.open(dedup_ttl=self.settings["dedup-ttl"])
-        except Exception as e:
-            log.critical("cannot open the spool {path}: {error}", path=self.spool.path, error=e)
-            raise
+        # The spool opens first of the children, before any thread starts: a spool that cannot be
+        # opened ends the start.
         MultiService.startService(self)
         self._announce()
         # With a port of 0 the kernel picks one: say which, so scripts and tests can find it.
-        self.http._waitingForPort.addCallback(self._listening)
+        address = self.http.port.getHost()
+        log.info("listening on {host}:{port}", host=getattr(address, "host", address), port=getattr(address, "port", 0))
+        opened = self.spool_service.opened
         opened.addCallback(self._recovered)
         opened.addErrback(lambda f: log.failure("could not open the spool {path}", f, path=self.spool.path))
 
-    def _listening(self, port):
-        if port is None:  # the listen failed, and privilegedStartService said so
-            return None
-        address = port.getHost()
-        log.info("listening on {host}:{port}", host=getattr(address, "host", address), port=getattr(address, "port", 0))
-        return port
-
     def _recovered(self, recovery):
-        for message_id, accepted_at in recovery.recent_message_ids:
-            self.dedup.remember(message_id, accepted_at)
+        self.dedup.load(recovery.recent_message_ids)
         self.dispatcher.start(recovery)
-        self._pruning = LoopingCall(self._prune)
-        self._pruning.clock = self._reactor
-        self._pruning.start(PRUNE_INTERVAL, now=False).addErrback(lambda f: log.failure("pruning the spool failed", f))
-        # Everything built so far (Twisted, boto3, pyarrow, the app) lives as long as the process.
-        # Frozen, the cyclic GC stops rescanning it: full collections under load took 27-45 ms of
-        # reactor time each, about once a second, and were the tail of the ingest latency.
-        gc.freeze()
+        if self._freeze_gc:
+            # Everything built so far (Twisted, boto3, pyarrow, the app) lives as long as the
+            # process.  Frozen, the cyclic GC stops rescanning it (docs/performance.md).
+            gc.freeze()
         log.info("ready: {pending} records pending in {spool}", pending=recovery.pending, spool=self.spool.path)
 
-    def _prune(self) -> Deferred:
-        # A LoopingCall whose call fails stops for good: one locked or full disk would end pruning,
+    def _prune(self) -> Deferred | None:
+        if not self.dispatcher.ready:  # the spool is not open yet (the TimerService's first call)
+            return None
+        # A TimerService whose call fails stops for good: one locked or full disk would end pruning,
         # and the messages table would grow for the rest of the process's life.
-        return self.spool.prune(self.settings["dedup-ttl"]).addErrback(
+        return self.spool.prune(self.settings.dedup_ttl).addErrback(
             lambda f: log.failure("pruning the spool failed; trying again in {interval:g}s", f, interval=PRUNE_INTERVAL)
         )
 
@@ -141,10 +150,9 @@ class SNSDaemon(MultiService):
 
     @inlineCallbacks
     def _stop(self):
-        timeout = self.settings["drain-timeout"]
-        self.endpoint.draining = True
-        if self._pruning is not None and self._pruning.running:
-            self._pruning.stop()
+        timeout = self.settings.drain_timeout
+        # The dispatcher's drain (below, in this same turn) is what refuses new POSTs from now on.
+        yield self._step("stopping the spool pruning", self.pruning.stopService)
         log.info(
             "draining: waiting up to {timeout}s for {running} running jobs; {pending} pending stay spooled",
             timeout=timeout,
@@ -167,101 +175,151 @@ class SNSDaemon(MultiService):
             yield self._step(
                 "logging the in-memory spool's records", lambda: self.dispatcher.dead_letter_unstarted("drain_timeout")
             )
-        yield self._step("closing the HTTP port", self.http.stopService)
-        yield self._step("stopping the signature checks", self.checks.stopService)
-        yield self._step("closing the spool", self.spool.close)
-        yield self._step("stopping the worker pool", lambda: self.pool.stop(join=finished))
-        close_job = getattr(self.dispatcher.job, "close", None)
-        if close_job is not None:
-            yield self._step("stopping the job processes", close_job)
-        yield self._step("closing the results sink", self.sink.close)
-        # The children are stopped here, in this order; MultiService.stopService would stop
-        # them all again, at once.
-        for service in (self.pool, self.dispatcher, self.breaker):
-            service.stopService()
+
+        def stop_pool():
+            # Jobs still running after a timed-out drain are left to their (daemon) threads.
+            self.pool.stop(join=finished)
+            return self.pool.stopService()
+
+        # The one stop order; each child is stopped once, here.
+        for what, stop in (
+            ("closing the HTTP port", self.http.stopService),
+            ("stopping the signature checks", self.checks.stopService if self.checks is not None else None),
+            ("closing the spool", self.spool_service.stopService),
+            ("stopping the worker pool", stop_pool),
+            ("stopping the job processes", self.job_service.stopService),
+            ("closing the results sink", self.sink_service.stopService),
+            ("stopping the dispatcher", self.dispatcher.stopService),
+            ("stopping the breaker", self.breaker.stopService),
+        ):
+            if stop is not None:
+                yield self._step(what, stop)
         Service.stopService(self)
         # twistd re-raises the signal that stopped it (exit status 143); a completed drain is a
         # clean, intended exit, so report it as 0 to supervisors.
-        if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
-            self._reactor._exitSignal = None
+        exit_cleanly_after_sigterm(self._reactor)
         log.info("stopped")
 
     def _announce(self) -> None:
         s = self.settings
         log.info(
             "snsd on {port}: {workers} workers, breaker mode {mode}, spool {spool}, results to {sink}",
-            port=s["port"],
-            workers=s["workers"],
-            mode=s["breaker-mode"],
-            spool=s["spool"],
+            port=s.port,
+            workers=s.workers,
+            mode=s.breaker_mode.value,
+            spool=s.spool,
             sink=self.sink.describe(),
         )
-        if not s["verify-signatures"]:
+        if not s.verify_signatures:
             log.warn("signature verification is OFF: any POST is trusted. Use only for local experiments.")
-        if s["trusted-host"]:
+        if s.trusted_host:
             log.warn(
                 "trusting emulator hosts {hosts} for certificates and subscription URLs (http allowed)",
-                hosts=", ".join(s["trusted-host"]),
+                hosts=", ".join(s.trusted_host),
             )
-        if not s["topic-arn"]:
+        if not s.topic_arn:
             log.warn("no --topic-arn given: messages from every topic are accepted")
-        if s["spool"] == ":memory:":
+        if s.spool == ":memory:":
             log.warn("--spool :memory: keeps accepted records in memory only; a crash loses them")
 
 
-def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
-    clock = reactor
+def job_for(settings: Settings):
+    """The job to run per record: the built-in data-quality job in worker processes (unless
+    ``--job-processes 0``), anything else as loaded.  Called at startup, never while parsing."""
+    if settings.builtin_job and settings.job_processes > 0:
+        from snsd.dq.processes import ProcessPoolJob
+
+        # The rule book the options validated, not the path: the children must not re-read the file.
+        return ProcessPoolJob(settings.job.rulebook, settings.job_processes, nice=settings.job_nice)
+    return settings.job
+
+
+def build_daemon(
+    reactor,
+    settings: Settings,
+    *,
+    clock=None,
+    http_client=None,
+    pool_factory=WorkerPool,
+    spool_factory=SQLiteSpool,
+    offload_signatures: bool = True,
+    batch_wait: float = BATCH_WAIT,
+    freeze_gc: bool = True,
+) -> SNSDaemon:
+    """The daemon, wired from ``settings``.
+
+    ``reactor`` listens and runs threads; ``clock`` (the reactor by default) is every timer's
+    time; ``http_client`` (treq's API; by default treq, through ``HTTPS_PROXY`` when set) fetches
+    certificates and confirms subscriptions;
+    ``pool_factory(reactor, workers, nice=...)`` makes the job pool (a Service with ``submit``);
+    ``spool_factory(reactor, path, clock=...)`` the spool.  Tests pass in-memory ones of each."""
+    clock = clock or reactor
+    if http_client is None:
+        http_client = make_http_client(reactor, os.environ)
     breaker = CircuitBreaker(
         clock,
-        max_failures=settings["breaker-max-failures"],
-        cooldown=settings["breaker-cooldown"],
-        max_cooldown=settings["breaker-max-cooldown"],
-        half_open_successes=settings["breaker-half-open-successes"],
+        max_failures=settings.breaker_max_failures,
+        cooldown=settings.breaker_cooldown,
+        max_cooldown=settings.breaker_max_cooldown,
+        half_open_successes=settings.breaker_half_open_successes,
     )
-    pool = WorkerPool(reactor, settings["workers"], nice=settings["job-nice"])
-    spool = SQLiteSpool(reactor, settings["spool"])
+    pool = pool_factory(reactor, settings.workers, nice=settings.job_nice)
+    spool = spool_factory(reactor, settings.spool, clock=clock)
     sink = make_sink(settings)
+    job = job_for(settings)
+    policy = BreakerPolicy(breaker, settings.breaker_mode)
     dispatcher = Dispatcher(
         spool,
         pool,
         breaker,
-        settings["job"],
+        job,
         sink,
         clock,
-        workers=settings["workers"],
-        breaker_mode=settings["breaker-mode"],
-        max_pending=settings["max-pending"],
+        workers=settings.workers,
+        policy=policy,
+        max_pending=settings.max_pending,
+        batch_wait=batch_wait,
     )
-    host_trust = HostTrust(settings["trusted-host"])
-    checks = SignatureChecks(reactor)
+    host_trust = HostTrust(settings.trusted_host)
+    checks = SignatureChecks(reactor, clock=clock) if offload_signatures else None
     verifier = MessageVerifier(
-        CertificateStore(http_client, clock, host_trust),
+        CertificateStore(
+            http_client,
+            clock,
+            host_trust,
+            preloaded=load_certificate_dir(settings.cert_dir) if settings.cert_dir else None,
+        ),
         host_trust,
-        TopicAllowList(settings["topic-arn"]),
+        TopicAllowList(settings.topic_arn),
         clock,
-        max_age=settings["max-age"],
-        verify_signatures=settings["verify-signatures"],
+        max_age=settings.max_age,
+        verify_signatures=settings.verify_signatures,
         checks=checks,
     )
-    dedup = DedupCache(clock, ttl=settings["dedup-ttl"])
+    dedup = AcceptedIds(DedupCache(clock, ttl=settings.dedup_ttl), spool, max_age=settings.max_age)
+    admission = Admission(
+        dispatcher,
+        dedup,
+        policy,
+        SubscriptionConfirmer(http_client, host_trust, clock=clock),
+        clock,
+        ack=settings.ack,
+    )
     endpoint = SNSEndpoint(
         verifier=verifier,
-        confirmer=SubscriptionConfirmer(http_client, host_trust, clock=clock),
-        dedup=dedup,
-        dispatcher=dispatcher,
+        admission=admission,
+        readiness=Readiness(pool, dispatcher),
         breaker=breaker,
-        pool=pool,
         clock=clock,
-        breaker_mode=settings["breaker-mode"],
-        ack=settings["ack"],
-        max_body=settings["max-body"],
-        basic_auth=settings["basic-auth"],
-        allow_raw_delivery=settings["allow-raw-delivery"],
+        max_body=settings.max_body,
+        basic_auth=settings.basic_auth,
+        allow_raw_delivery=settings.allow_raw_delivery,
     )
-    http = StreamServerEndpointService(serverFromString(reactor, settings["port"]), make_site(endpoint))
-    http._raiseSynchronously = True  # as twisted.application.strports.service does: see privilegedStartService
-    http.setName("http")
+    http = Listener("http", serverFromString(reactor, settings.port), make_site(endpoint), settings.port)
     return SNSDaemon(
+        settings=settings,
+        reactor=reactor,
+        clock=clock,
         endpoint=endpoint,
         dispatcher=dispatcher,
         spool=spool,
@@ -270,7 +328,7 @@ def build_daemon(reactor, settings: dict, http_client=treq) -> SNSDaemon:
         http=http,
         checks=checks,
         sink=sink,
+        job=job,
         dedup=dedup,
-        settings=settings,
-        reactor=reactor,
+        freeze_gc=freeze_gc,
     )

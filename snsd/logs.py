@@ -64,7 +64,7 @@ _LEGACY_KEYS = frozenset({"message", "isError", "system", "time", "format", "why
 _RESERVED = ("time", "level", "namespace", "message")
 
 
-# Levels configure_logging's filter drops anyway; empty until it is called, so tests see every event.
+# Levels the daemon's filter drops anyway; empty until TwistdLogging sets them, so tests see every event.
 _dropped_levels: set[LogLevel] = set()
 
 
@@ -85,7 +85,7 @@ class Logger(_TwistedLogger):
 def drop_levels_below(level: LogLevel | None) -> None:
     """Make :class:`Logger` skip events less severe than ``level`` (None: skip nothing).
 
-    configure_logging sets it to the daemon's level; in-process benchmarks set it themselves."""
+    TwistdLogging sets it to the daemon's level; in-process benchmarks set it themselves."""
     _dropped_levels.clear()
     if level is not None:
         _dropped_levels.update(other for other in LogLevel.iterconstants() if other < level)

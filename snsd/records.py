@@ -52,11 +52,14 @@ _RECORD_FIELDS = tuple(f.name for f in fields(S3ObjectRecord))
 class ParsedMessage:
     """What a Notification's ``Message`` turned out to be.
 
-    ``records`` is non-empty only for object-created events; otherwise ``ignored`` says why.
+    ``records``: its object-created records.  ``ignored``: why records were left out (all of
+    them when ``records`` is empty), and ``ignored_records`` how many of the message's records
+    that was (0 when the message is not a list of records at all).
     """
 
     records: tuple[S3ObjectRecord, ...] = ()
     ignored: str | None = None
+    ignored_records: int = 0
 
 
 def parse_s3_message(message: str, message_id: str | None = None, topic_arn: str | None = None) -> ParsedMessage:
@@ -77,12 +80,15 @@ def parse_s3_message(message: str, message_id: str | None = None, topic_arn: str
 
 def _parse_notification(raw_records: list, message_id: str | None, topic_arn: str | None) -> ParsedMessage:
     # The message is signed but its content is whatever the publisher wrote: every value is
-    # type-checked, so a malformed record is "ignored" (200, never retried) rather than a 500.
+    # type-checked, and a record that fails is left out (and counted) rather than a 500.  Its
+    # neighbours still run: SNS does not retry a 200, so refusing the whole message would lose them.
     records = []
-    skipped = []
+    malformed = []  # reasons of records that could never run
+    skipped = []  # reasons of well-formed records that are not "object created"
     for raw in raw_records:
         if not isinstance(raw, dict):
-            return ParsedMessage(ignored="malformed S3 record")
+            malformed.append("malformed S3 record")
+            continue
         version = str(raw.get("eventVersion", ""))
         event_name = raw.get("eventName")
         if not version.startswith("2."):
@@ -99,7 +105,8 @@ def _parse_notification(raw_records: list, message_id: str | None, topic_arn: st
         obj = _object(s3.get("object"))
         key = _text(obj.get("key"))
         if bucket is None or key is None:
-            return ParsedMessage(ignored="S3 record without bucket or key")
+            malformed.append("S3 record without bucket or key")
+            continue
         records.append(
             S3ObjectRecord(
                 bucket=bucket,
@@ -114,9 +121,17 @@ def _parse_notification(raw_records: list, message_id: str | None, topic_arn: st
                 topic_arn=topic_arn,
             )
         )
+    left_out = len(malformed) + len(skipped)
     if records:
-        return ParsedMessage(records=tuple(records))
-    return ParsedMessage(ignored="no ObjectCreated records: " + ", ".join(skipped) if skipped else "no records")
+        reason = ", ".join(dict.fromkeys(malformed + skipped)) if left_out else None
+        return ParsedMessage(records=tuple(records), ignored=reason, ignored_records=left_out)
+    if malformed:
+        reason = malformed[0]
+    elif skipped:
+        reason = "no ObjectCreated records: " + ", ".join(skipped)
+    else:
+        reason = "no records"
+    return ParsedMessage(ignored=reason, ignored_records=left_out)
 
 
 def _parse_eventbridge(event: dict, message_id: str | None, topic_arn: str | None) -> ParsedMessage:

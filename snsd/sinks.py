@@ -1,7 +1,7 @@
 """Where finished jobs are recorded: a JSON-lines file (dry run) or S3.
 
-Sinks are called from worker threads: ``write(line)`` per finished job, or, for a batch of
-short jobs, ``write_many(lines)`` where a sink has it.
+Both implement :class:`snsd.protocols.Sink`.  They are called from worker threads:
+``write(line)`` per finished job, or ``write_many(lines)`` for a batch of short jobs.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Sequence
 
 import orjson
 
@@ -35,7 +36,7 @@ class JSONLinesSink:
     def write(self, line: dict) -> None:
         self._append(_json_line(line))
 
-    def write_many(self, lines: list[dict]) -> None:
+    def write_many(self, lines: Sequence[dict]) -> None:
         """Append a batch's results in one write.
 
         A write is a system call, and the thread lets go of the GIL for it; one per result made
@@ -113,6 +114,12 @@ class S3ResultSink:
         body = _json_document(line)
         self._s3.get().put_object(Bucket=self.bucket, Key=self.key_for(line), Body=body, ContentType="application/json")
 
+    def write_many(self, lines: Sequence[dict]) -> None:
+        """One object per result, so one PUT each: S3 has no batch write.  The first failure
+        stops the batch; the caller writes the results one by one then."""
+        for line in lines:
+            self.write(line)
+
     def close(self) -> None:
         pass
 
@@ -120,8 +127,8 @@ class S3ResultSink:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-def make_sink(settings: dict):
-    """The sink the settings ask for: the JSONL file in dry-run mode, else S3."""
-    if settings["dry-run"]:
-        return JSONLinesSink(settings["results"])
-    return S3ResultSink(settings["results-bucket"], settings["results-prefix"])
+def make_sink(settings):
+    """The sink the :class:`~snsd.config.Settings` ask for: the JSONL file in dry-run mode, else S3."""
+    if settings.dry_run:
+        return JSONLinesSink(settings.results)
+    return S3ResultSink(settings.results_bucket, settings.results_prefix)

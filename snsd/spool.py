@@ -18,8 +18,8 @@ another thread and back under the GIL (measured in docs/performance.md).  The on
 does fsync, the WAL checkpoint, is taken off the reactor: automatic checkpoints are off and a
 thread checkpoints from its own connection every ``CHECKPOINT_EVERY`` operations.
 
-The interface (:class:`SQLiteSpool`'s public methods, each returning a Deferred) is all the
-dispatcher and the web layer use, so another backend (SQS, say) can stand in for it.
+:class:`SQLiteSpool` is one implementation of :class:`snsd.protocols.Spool`, the interface the
+dispatcher and the daemon use, so another backend (SQS, say) can stand in for it.
 """
 
 from __future__ import annotations
@@ -32,37 +32,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from snsd import spool_schema as schema
 from snsd.envelope import SNSEnvelope
+from snsd.protocols import Recovery, SpooledRecord
 from snsd.records import S3ObjectRecord
+from snsd.spool_schema import SpoolVersionError  # noqa: F401 - what open() raises for a newer file
 
 log = Logger()
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    message_id TEXT PRIMARY KEY,
-    topic_arn TEXT NOT NULL,
-    envelope TEXT NOT NULL,
-    accepted_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_accepted_at ON messages (accepted_at);
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL,
-    record TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    enqueued_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT,
-    record TEXT NOT NULL,
-    envelope TEXT,
-    reason TEXT NOT NULL,
-    error TEXT,
-    failed_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 1
-);
-"""
 
 # The cap bounds how long one commit keeps the reactor from answering.
 MAX_BATCH = 512
@@ -72,13 +48,6 @@ MAX_BATCH = 512
 LAZY_DELAY = 0.05
 # Operations between WAL checkpoints (each a few pages of WAL; SQLite's own default is 1000 pages).
 CHECKPOINT_EVERY = 1000
-
-
-@dataclass(frozen=True)
-class SpooledRecord:
-    id: int
-    record: S3ObjectRecord
-    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,25 +62,34 @@ class DeadLetter:
     attempts: int
 
 
-@dataclass(frozen=True)
-class Recovery:
-    """What a restart found: records owed a result and recently accepted MessageIds."""
-
-    pending: int
-    recent_message_ids: tuple[tuple[str, float], ...]
-
-
 def connect(path: str, autocheckpoint: bool = True) -> sqlite3.Connection:
+    """Open the spool at ``path``, upgraded to this code's layout.
+
+    Raises :class:`SpoolVersionError`, having written nothing, for a file of a newer release."""
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    if path != ":memory:":
-        conn.execute("PRAGMA journal_mode=WAL")
-        if not autocheckpoint:
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-    # NORMAL in WAL mode survives a process crash (what SIGKILL and OOM do); only an OS crash
-    # or power loss can lose the last transactions.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    conn.executescript(SCHEMA)
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        # Before anything writes, even the journal mode in the file's header.
+        schema.refuse_newer(conn)
+        if path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+            if not autocheckpoint:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+        # NORMAL in WAL mode survives a process crash (what SIGKILL and OOM do); only an OS crash
+        # or power loss can lose the last transactions.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        fresh = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone() == (0,)
+        found = schema.upgrade(conn)
+    except BaseException:
+        conn.close()
+        raise
+    if not fresh and found < schema.VERSION:
+        log.info(
+            "upgraded the spool {path} from version {found} to {version}",
+            path=path,
+            found=found,
+            version=schema.VERSION,
+        )
     return conn
 
 
@@ -196,11 +174,14 @@ class SQLiteSpool:
 
     # -- the interface ---------------------------------------------------------------------
 
-    def add(self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...]) -> Deferred:
+    def add(
+        self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], remember_until: float | None = None
+    ) -> Deferred:
         """Record an accepted message and its records atomically; fires with their ids, or with
-        None if the message was accepted within the dedup TTL already (nothing is written)."""
+        None if the message's id is still remembered (nothing is written).  The id is remembered
+        until ``remember_until``, by default for the dedup TTL."""
         now = self._clock.seconds()
-        message = (envelope.message_id, envelope.topic_arn, envelope.raw.decode("utf-8", "replace"), now)
+        message = self._remembered(envelope, now, remember_until)
         rows = [(envelope.message_id, r.to_json(), now) for r in records]
         seen_since = now - self._dedup_ttl
 
@@ -215,6 +196,12 @@ class SQLiteSpool:
 
         return self._submit(add)
 
+    def _remembered(self, envelope: SNSEnvelope, now: float, remember_until: float | None) -> tuple:
+        """The ``messages`` row of an accepted message.  The table keeps the time an id stops being
+        remembered as ``accepted_at`` + TTL, so a later ``remember_until`` shifts ``accepted_at``."""
+        accepted_at = now if remember_until is None else remember_until - self._dedup_ttl
+        return (envelope.message_id, envelope.topic_arn, envelope.raw.decode("utf-8", "replace"), accepted_at)
+
     def forget(self, message_id: str) -> Deferred:
         """Let a redelivery of ``message_id`` in again: its delivery was answered 5xx after all
         (``--ack after-job``), so SNS will retry it, and the retry must not read as a duplicate."""
@@ -224,26 +211,19 @@ class SQLiteSpool:
 
         return self._submit(forget)
 
-    def remember(self, envelope: SNSEnvelope) -> Deferred:
-        """Record an accepted message that carries no records (for duplicate detection)."""
-        now = self._clock.seconds()
-
-        def remember(conn):
-            conn.execute(
-                "INSERT OR REPLACE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)",
-                (envelope.message_id, envelope.topic_arn, envelope.raw.decode("utf-8", "replace"), now),
-            )
-
-        return self._submit(remember)
-
     def add_dead_letters(
-        self, envelope: SNSEnvelope, records: tuple[S3ObjectRecord, ...], reason: str, error: str | None = None
+        self,
+        envelope: SNSEnvelope,
+        records: tuple[S3ObjectRecord, ...],
+        reason: str,
+        error: str | None = None,
+        remember_until: float | None = None,
     ) -> Deferred:
         """Accept a message straight into the dead letters (the breaker's ``skip`` mode); fires with
-        True, or with None if the message was accepted within the dedup TTL already (as :meth:`add`)."""
+        True, or with None if the message's id is still remembered (as :meth:`add`)."""
         now = self._clock.seconds()
-        envelope_text = envelope.raw.decode("utf-8", "replace")
-        message = (envelope.message_id, envelope.topic_arn, envelope_text, now)
+        message = self._remembered(envelope, now, remember_until)
+        envelope_text = message[2]
         seen_since = now - self._dedup_ttl
 
         def add(conn):

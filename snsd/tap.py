@@ -14,6 +14,6 @@ def makeService(options: Options):
     from snsd.logs import TwistdLogging
 
     # Under twistd, ``options.parent`` is twistd's own parsed options (--logfile, --syslog, -n).
-    top = TwistdLogging(options.settings["log-format"], twistd_options=getattr(options, "parent", None))
+    top = TwistdLogging(options.settings.log_format, twistd_options=getattr(options, "parent", None))
     build_daemon(reactor, options.settings).setServiceParent(top)
     return top

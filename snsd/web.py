@@ -1,7 +1,8 @@
 """The HTTP surface: the SNS endpoint, admin and health routes.
 
-The endpoint translates HTTP into calls on the trust checks, the dispatcher and the
-breaker, and their outcomes into status codes; it holds no business rules.  Every answer
+The endpoint reads a request, has the trust checks verify its envelope, hands it to
+:class:`snsd.admission.Admission`, and maps the :class:`~snsd.admission.Outcome` to a status,
+a body, headers and a log line; it holds no business rules.  Every answer
 is a small JSON body; no input ever gets a traceback page.
 
 SNS treats every 2xx and 4xx answer as delivered and retries only on 5xx or a 15 s
@@ -12,35 +13,19 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
-import math
-from io import BytesIO
 
 import orjson
 from klein import Klein
-from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.web.http import HTTPChannel
-from twisted.web.server import Request, Site
 
 from snsd import metrics
-from snsd.dispatcher import REJECT, SKIP, AlreadyAccepted, Backpressure, Dispatcher
-from snsd.envelope import (
-    NOTIFICATION,
-    SUBSCRIPTION_CONFIRMATION,
-    BadEnvelope,
-    SNSEnvelope,
-    parse_envelope,
-    raw_delivery_envelope,
-)
+from snsd.admission import Admission, Kind, Outcome, Readiness
+from snsd.envelope import BadEnvelope, SNSEnvelope, parse_envelope, raw_delivery_envelope
 from snsd.logs import Logger
-from snsd.records import parse_s3_message
 from snsd.trust.errors import TrustError
 
 log = Logger()
 
 DEFAULT_MAX_BODY = 1024 * 1024
-# SNS gives up on an answer after 15 s; answer "retry" comfortably before that.
-AFTER_JOB_WAIT = 12.0
 
 
 class Refused(Exception):
@@ -61,31 +46,22 @@ class SNSEndpoint:
         self,
         *,
         verifier,
-        confirmer,
-        dedup,
-        dispatcher: Dispatcher,
+        admission: Admission,
+        readiness: Readiness,
         breaker,
-        pool,
         clock,
-        breaker_mode: str = SKIP,
-        ack: str = "spooled",
         max_body: int = DEFAULT_MAX_BODY,
         basic_auth: str | None = None,
         allow_raw_delivery: bool = False,
     ):
         self.verifier = verifier
-        self.confirmer = confirmer
-        self.dedup = dedup
-        self.dispatcher = dispatcher
+        self.admission = admission
+        self.readiness = readiness
         self.breaker = breaker
-        self.pool = pool
         self.clock = clock
-        self.breaker_mode = breaker_mode
-        self.ack = ack
         self.max_body = max_body
         self._basic_auth = basic_auth.encode("utf-8") if basic_auth else None
         self.allow_raw_delivery = allow_raw_delivery
-        self.draining = False
 
     def resource(self):
         return self.app.resource()
@@ -98,20 +74,23 @@ class SNSEndpoint:
         message_type = "unknown"
         try:
             self._check_auth(request)
-            if self.draining:
-                raise Refused(503, "shutting down", {"Retry-After": "5"})
-            if not self.dispatcher.ready:
-                raise Refused(503, "starting: the spool is not open yet", {"Retry-After": "5"})
+            refusal = self.admission.refusal()
+            if refusal is not None:
+                _answer(refusal, None)  # raises Refused
             body = self._read_body(request)
             if (request.getHeader("x-amz-sns-rawdelivery") or "").lower() == "true":
-                status, answer, headers = await self._raw_delivery(request, body)
+                envelope = self._raw_delivery(request, body)
             else:
                 try:
                     envelope = parse_envelope(body, request.getHeader("x-amz-sns-message-type"))
                 except BadEnvelope as e:
                     raise Refused(400, str(e)) from None
                 message_type = envelope.type
-                status, answer, headers = await self._handle(envelope)
+                try:
+                    await self.verifier.verify(envelope)
+                except TrustError as e:
+                    raise Refused(e.status, e.reason) from None
+            status, answer, headers = _answer(await self.admission.admit(envelope), envelope)
         except Refused as refused:
             status, answer, headers = refused.status, refused.body, refused.headers
             log.info(
@@ -125,14 +104,7 @@ class SNSEndpoint:
         metrics.REQUEST_LATENCY.observe(self.clock.seconds() - started)
         return _json(request, status, answer, headers)
 
-    async def _handle(self, envelope: SNSEnvelope):
-        try:
-            await self.verifier.verify(envelope)
-        except TrustError as e:
-            raise Refused(e.status, e.reason) from None
-        return await self._accept_once(envelope)
-
-    async def _raw_delivery(self, request, body: bytes):
+    def _raw_delivery(self, request, body: bytes) -> SNSEnvelope:
         if not self.allow_raw_delivery:
             raise Refused(403, "raw message delivery is not accepted: it cannot be verified")
         try:
@@ -148,99 +120,7 @@ class SNSEndpoint:
             message_id=envelope.message_id,
             topic=envelope.topic_arn,
         )
-        return await self._accept_once(envelope)
-
-    async def _accept_once(self, envelope: SNSEnvelope):
-        """Duplicate check and dispatch of a trusted (or knowingly untrusted) envelope."""
-        if not self.dedup.reserve(envelope.message_id):
-            return _duplicate(envelope)
-        try:
-            status, answer, headers = await self._dispatch(envelope)
-        except BaseException:
-            self.dedup.release(envelope.message_id)
-            raise
-        if status >= 500:
-            # Refused for now: SNS will retry, and the retry must not look like a duplicate.
-            self.dedup.release(envelope.message_id)
-        return status, answer, headers
-
-    async def _dispatch(self, envelope: SNSEnvelope):
-        if envelope.type == SUBSCRIPTION_CONFIRMATION:
-            return await self._confirm(envelope)
-        if envelope.type != NOTIFICATION:
-            log.info(
-                "unsubscribe confirmation for {topic}; not re-subscribing",
-                topic=envelope.topic_arn,
-                message_id=envelope.message_id,
-            )
-            return 200, {"status": "ok"}, {}
-        parsed = parse_s3_message(envelope.message, envelope.message_id, envelope.topic_arn)
-        if not parsed.records:
-            log.info(
-                "ignored {message_id} from {topic}: {reason}",
-                message_id=envelope.message_id,
-                topic=envelope.topic_arn,
-                reason=parsed.ignored,
-            )
-            return 200, {"status": "ignored", "reason": parsed.ignored}, {}
-        return await self._submit(envelope, parsed.records)
-
-    async def _confirm(self, envelope: SNSEnvelope):
-        try:
-            subscription_arn = await self.confirmer.confirm(envelope)
-        except TrustError as e:
-            raise Refused(e.status, e.reason) from None
-        log.info(
-            "confirmed subscription {subscription_arn} to {topic}",
-            subscription_arn=subscription_arn,
-            topic=envelope.topic_arn,
-            message_id=envelope.message_id,
-        )
-        return 200, {"status": "confirmed", "subscription_arn": subscription_arn}, {}
-
-    async def _submit(self, envelope: SNSEnvelope, records):
-        if self.breaker.is_open:
-            if self.breaker_mode == SKIP:
-                try:
-                    await self.dispatcher.skip(envelope, records)
-                except AlreadyAccepted:
-                    return _duplicate(envelope)
-                log.info(
-                    "breaker open: skipped {message_id} ({jobs} records kept as dead letters)",
-                    message_id=envelope.message_id,
-                    jobs=len(records),
-                    topic=envelope.topic_arn,
-                )
-                return 200, {"status": "skipped", "jobs": len(records)}, {}
-            if self.breaker_mode == REJECT:
-                retry_after = str(max(1, math.ceil(self.breaker.cooldown_remaining())))
-                return 503, {"error": "circuit breaker open"}, {"Retry-After": retry_after}
-        after_job = self.ack == "after-job"
-        try:
-            accepted = await self.dispatcher.accept(envelope, records, track=after_job)
-        except Backpressure as e:
-            return 503, {"error": "too many pending records", "detail": str(e)}, {"Retry-After": "20"}
-        except AlreadyAccepted:
-            return _duplicate(envelope)
-        log.debug(
-            "accepted {message_id} from {topic}: {jobs} records",
-            message_id=envelope.message_id,
-            topic=envelope.topic_arn,
-            jobs=len(records),
-        )
-        if not after_job:
-            status = "spooled" if self.breaker.active else "accepted"
-            return 200, {"status": status, "jobs": len(records)}, {}
-        try:
-            _, done = accepted
-            all_ok = await done.addTimeout(AFTER_JOB_WAIT, self.clock)
-        except DeferredTimeout:
-            self.dispatcher.forget(envelope.message_id)  # SNS retries a 5xx: the retry is not a duplicate
-            return 503, {"error": "jobs still running", "jobs": len(records)}, {"Retry-After": "10"}
-        if not all_ok:
-            self.dispatcher.forget(envelope.message_id)
-            return 500, {"error": "job failed", "jobs": len(records)}, {}
-        return 200, {"status": "done", "jobs": len(records)}, {}
+        return envelope
 
     # -- admin and health ------------------------------------------------------------------
 
@@ -269,13 +149,8 @@ class SNSEndpoint:
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request):
-        checks = {
-            "listening": True,
-            "pool": self.pool.is_ready(),
-            "spool": self.dispatcher.ready,
-            "draining": self.draining,
-        }
-        ready = checks["pool"] and checks["spool"] and not self.draining
+        checks = self.readiness.checks()
+        ready = self.readiness.ready(checks)
         return _json(request, 200 if ready else 503, {"status": "ready" if ready else "unready", **checks})
 
     @app.route("/metrics", methods=["GET"])
@@ -335,87 +210,6 @@ class SNSEndpoint:
         return body
 
 
-class LimitedRequest(Request):
-    """A request that never buffers more than ``max_body`` bytes of body.
-
-    A declared Content-Length over the limit is answered 413 at once and the connection
-    closed; a chunked body that grows past it is discarded as it arrives.
-    """
-
-    max_body = DEFAULT_MAX_BODY
-    body_too_large = False
-
-    def gotLength(self, length):
-        if length is not None and length > self.max_body:
-            self.body_too_large = True
-            body = json.dumps({"error": f"body larger than {self.max_body} bytes"}).encode()
-            transport = self.channel.transport
-            transport.write(
-                b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-            )
-            metrics.requests("unknown", 413).inc()
-            log.info("refused 413 declared length {length}", length=length)
-            transport.loseConnection()
-            # HTTPChannel.allHeadersReceived answers "Expect: 100-continue" right after this
-            # call; a 100 Continue after the final 413 would invite the body just refused.
-            self.requestHeaders.removeHeader(b"Expect")
-            Request.gotLength(self, 0)
-            return
-        Request.gotLength(self, length)
-
-    def handleContentChunk(self, data):
-        if self.body_too_large:
-            return
-        if self.content.tell() + len(data) > self.max_body:
-            self.body_too_large = True
-            self.content = BytesIO()
-            return
-        Request.handleContentChunk(self, data)
-
-
-class SNSChannel(HTTPChannel):
-    """HTTP/1.1 that remembers what a connection cannot change.
-
-    Twisted asks for the local address on every request (a getsockname system call), and Klein
-    asks twice per request whether the transport is TLS (a zope adapter lookup each time).
-    Plain HTTPChannel, not Twisted's HTTP/2-negotiating wrapper: SNS speaks HTTP/1.1.
-    """
-
-    _host = None
-    _secure = None
-
-    def getHost(self):
-        if self._host is None:
-            self._host = super().getHost()
-        return self._host
-
-    def isSecure(self):
-        if self._secure is None:
-            self._secure = super().isSecure()
-        return self._secure
-
-
-class QuietSite(Site):
-    """No access-log line per request: under a burst it would be one line per message. Requests are
-    counted in /metrics and tallied in the periodic activity line instead."""
-
-    protocol = SNSChannel
-
-    def log(self, request):
-        pass
-
-
-def make_site(endpoint: SNSEndpoint) -> Site:
-    request_factory = type("SNSDRequest", (LimitedRequest,), {"max_body": endpoint.max_body})
-    # SNS posts JSON as text/plain: never a form.  Twisted would otherwise parse every POST's
-    # Content-Type with the email package, which costs more than verifying the signature.
-    site = QuietSite(endpoint.resource(), requestFactory=request_factory, parsePOSTFormSubmission=False)
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
-
-
 def _json(request, status: int, body: dict, headers: dict | None = None) -> bytes:
     request.setResponseCode(status)
     request.setHeader("Content-Type", "application/json")
@@ -432,7 +226,78 @@ def _peer(request) -> str:
     return getattr(peer, "host", str(peer))
 
 
-def _duplicate(envelope):
-    metrics.DUPLICATES.inc()
-    log.info("duplicate {message_id} from {topic}", message_id=envelope.message_id, topic=envelope.topic_arn)
-    return 200, {"status": "duplicate"}, {}
+def _answer(outcome: Outcome, envelope: SNSEnvelope | None) -> tuple[int, dict, dict]:
+    """An outcome as (status, JSON body, headers), with its log line; raises :class:`Refused`
+    for the refusals, which :meth:`SNSEndpoint.receive` logs with the request's peer."""
+    kind = outcome.kind
+    if kind is Kind.DRAINING:
+        raise Refused(503, "shutting down", {"Retry-After": "5"})
+    if kind is Kind.STARTING:
+        raise Refused(503, "starting: the spool is not open yet", {"Retry-After": "5"})
+    if kind is Kind.REFUSED:
+        raise Refused(outcome.status, outcome.reason)
+    message_id, topic = envelope.message_id, envelope.topic_arn
+    if kind in _TOOK_RECORDS:
+        log.debug(
+            "accepted {message_id} from {topic}: {jobs} records", message_id=message_id, topic=topic, jobs=outcome.jobs
+        )
+    if outcome.ignored:
+        log.info(
+            "ignored {ignored} records of {message_id} from {topic}: {reason}",
+            ignored=outcome.ignored,
+            jobs=outcome.jobs,
+            message_id=message_id,
+            topic=topic,
+            reason=outcome.reason,
+        )
+    if kind in (Kind.ACCEPTED, Kind.SPOOLED, Kind.DONE):
+        return 200, _with_ignored({"status": kind.value, "jobs": outcome.jobs}, outcome), {}
+    if kind is Kind.DUPLICATE:
+        metrics.DUPLICATES.inc()
+        log.info("duplicate {message_id} from {topic}", message_id=message_id, topic=topic)
+        return 200, {"status": "duplicate"}, {}
+    if kind is Kind.IGNORED:
+        log.info(
+            "ignored {message_id} from {topic}: {reason}", message_id=message_id, topic=topic, reason=outcome.reason
+        )
+        return 200, {"status": "ignored", "reason": outcome.reason}, {}
+    if kind is Kind.SKIPPED:
+        log.info(
+            "breaker open: skipped {message_id} ({jobs} records kept as dead letters)",
+            message_id=message_id,
+            jobs=outcome.jobs,
+            topic=topic,
+        )
+        return 200, _with_ignored({"status": "skipped", "jobs": outcome.jobs}, outcome), {}
+    if kind is Kind.CONFIRMED:
+        log.info(
+            "confirmed subscription {subscription_arn} to {topic}",
+            subscription_arn=outcome.subscription_arn,
+            topic=topic,
+            message_id=message_id,
+        )
+        return 200, {"status": "confirmed", "subscription_arn": outcome.subscription_arn}, {}
+    if kind is Kind.UNSUBSCRIBED:
+        log.info("unsubscribe confirmation for {topic}; not re-subscribing", topic=topic, message_id=message_id)
+        return 200, {"status": "ok"}, {}
+    if kind is Kind.REJECTED:
+        return 503, {"error": "circuit breaker open"}, {"Retry-After": str(outcome.retry_after)}
+    if kind is Kind.BACKPRESSURE:
+        return 503, {"error": "too many pending records", "detail": outcome.detail}, {"Retry-After": "20"}
+    if kind is Kind.RUNNING:
+        return 503, {"error": "jobs still running", "jobs": outcome.jobs}, {"Retry-After": "10"}
+    if kind is Kind.FAILED:
+        return 500, {"error": "job failed", "jobs": outcome.jobs}, {}
+    raise AssertionError(f"no answer for {kind}")
+
+
+def _with_ignored(body: dict, outcome: Outcome) -> dict:
+    """A message's answer names the records it left out, when it left some out."""
+    if outcome.ignored:
+        body["ignored"] = outcome.ignored
+        body["reason"] = outcome.reason
+    return body
+
+
+# Outcomes whose records were spooled: each is logged as accepted (debug) before its answer.
+_TOOK_RECORDS = frozenset({Kind.ACCEPTED, Kind.SPOOLED, Kind.DONE, Kind.RUNNING, Kind.FAILED})

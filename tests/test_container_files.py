@@ -53,9 +53,28 @@ def stages(instructions: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
     for keyword, rest in instructions:
         if keyword == "FROM":
             result.append([])
-        assert result, "instruction before the first FROM"
+        if not result:
+            assert keyword == "ARG", f"{keyword} before the first FROM (only ARG may be)"
+            continue
         result[-1].append((keyword, rest))
     return result
+
+
+def global_args(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults: what FROM lines may use."""
+    found: dict[str, str] = {}
+    for keyword, rest in instructions:
+        if keyword == "FROM":
+            break
+        name, _, default = rest.partition("=")
+        found[name] = default
+    return found
+
+
+def base_image(stage: list[tuple[str, str]], args: dict[str, str]) -> str:
+    """The image a stage starts FROM, with ``${ARG}`` references replaced by their defaults."""
+    image = last(stage, "FROM").split()[0]
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], image)
 
 
 def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
@@ -88,8 +107,13 @@ def option_value(command: list[str], flag: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def dockerfile():
-    return stages(parse_dockerfile((ROOT / "Dockerfile").read_text()))
+def instructions():
+    return parse_dockerfile((ROOT / "Dockerfile").read_text())
+
+
+@pytest.fixture(scope="module")
+def dockerfile(instructions):
+    return stages(instructions)
 
 
 @pytest.fixture(scope="module")
@@ -110,19 +134,41 @@ def test_parser_joins_continuations_and_drops_comments():
     assert parsed == [("FROM", "a"), ("RUN", "one && two"), ("USER", "1")]
 
 
-def test_runtime_is_slim_python_311_built_in_two_stages(dockerfile, runtime):
+def test_runtime_is_slim_python_311_built_in_two_stages(instructions, dockerfile, runtime):
     assert len(dockerfile) >= 2
-    base = last(runtime, "FROM").split()[0]
+    args = global_args(instructions)
+    base = base_image(runtime, args)
     assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", base), base
+    # One ARG picks the base of every stage, so a machine without a registry can swap it
+    # (scripts/base-image.sh) and the virtualenv copied between stages finds its interpreter.
+    assert "PYTHON_IMAGE" in args
+    assert {last(stage, "FROM").split()[0] for stage in dockerfile} == {"${PYTHON_IMAGE}"}
 
 
-def test_the_wheel_is_built_in_one_stage_and_installed_in_the_runtime(dockerfile, runtime):
+def test_base_image_parser_substitutes_args():
+    stage = [("FROM", "${IMG} AS build")]
+    assert base_image(stage, {"IMG": "python:3.11-slim"}) == "python:3.11-slim"
+    with pytest.raises(KeyError):
+        base_image([("FROM", "$OTHER")], {"IMG": "x"})
+
+
+def test_snsd_is_installed_in_one_stage_and_only_its_virtualenv_copied(dockerfile, runtime):
     build_stage_name = last(dockerfile[0], "FROM").split()[-1]
-    assert any("python -m build --wheel" in rest for kw, rest in dockerfile[0] if kw == "RUN")
-    copies = [rest for kw, rest in runtime if kw == "COPY" and rest.startswith(f"--from={build_stage_name}")]
-    assert copies and copies[0].split()[1].endswith(".whl")
-    assert any("pip install" in rest and ".whl" in rest for kw, rest in runtime if kw == "RUN")
-    assert not any(kw == "COPY" and "snsd" in rest.split() for kw, rest in runtime), "sources copied into runtime"
+    venv = "/opt/snsd"
+    assert any(f"{venv}/bin/python -m pip install" in rest for kw, rest in dockerfile[0] if kw == "RUN")
+    copies = [rest.split() for kw, rest in runtime if kw == "COPY"]
+    assert copies == [[f"--from={build_stage_name}", venv, venv]], copies
+    assert not any("pip" in rest for kw, rest in runtime if kw == "RUN"), "pip runs in the runtime stage"
+    assert env_of(runtime)["PATH"].startswith(f"{venv}/bin:")
+
+
+def test_pip_settings_are_build_args_of_the_build_stage_only(dockerfile, runtime):
+    build_args = {rest.partition("=")[0] for kw, rest in dockerfile[0] if kw == "ARG"}
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"} <= build_args
+    # An ARG without a default is unset when not given; an empty one would mean "no index" to pip.
+    assert not any(kw == "ARG" and rest.startswith("PIP_") and "=" in rest for kw, rest in dockerfile[0])
+    assert not any(kw == "ARG" for kw, rest in runtime)
+    assert not any(name.startswith("PIP_") for name in env_of(runtime))
 
 
 def test_entrypoint_is_twistd_in_the_foreground_without_a_pidfile(runtime):
@@ -141,8 +187,8 @@ def test_default_command_is_accepted_by_the_daemons_options(runtime, monkeypatch
     # Without --dry-run the daemon needs a results bucket: the image's one required setting.
     options = SNSDOptions(environ={"SNSD_RESULTS_BUCKET": "results", **env_of(runtime)})
     options.parseOptions(exec_form(last(runtime, "CMD")))
-    assert options.settings["port"] == "tcp:8080"
-    assert options.settings["spool"] == "/var/lib/snsd/spool.sqlite3"
+    assert options.settings.port == "tcp:8080"
+    assert options.settings.spool == "/var/lib/snsd/spool.sqlite3"
 
 
 def test_user_is_numeric_and_not_root(runtime):
@@ -222,9 +268,9 @@ def test_snsd_command_is_accepted_by_the_daemons_options_in_dry_run(compose):
     snsd = compose["services"]["snsd"]
     options = SNSDOptions(environ={k: str(v) for k, v in snsd["environment"].items()})
     options.parseOptions([str(arg) for arg in snsd["command"]])
-    assert options.settings["dry-run"] is True
-    assert options.settings["verify-signatures"] is True
-    assert options.settings["trusted-host"] == ("localstack:4566",)
+    assert options.settings.dry_run is True
+    assert options.settings.verify_signatures is True
+    assert options.settings.trusted_host == ("localstack:4566",)
 
 
 def test_init_subscribes_snsd_on_its_served_port_after_both_are_healthy(compose):

@@ -65,17 +65,15 @@ def test_a_port_already_taken_stops_the_start_before_anything_runs(tmp_path, log
         taken.close()
     critical = [e for e in logged if e.get("log_level") is LogLevel.critical]
     assert [e["log_format"] for e in critical] == ["cannot listen on {port}: {error}"]
-    assert not daemon.pool.running and not daemon.dispatcher.ready
+    assert not daemon.pool.running and not daemon.dispatcher.ready and not daemon.spool_service.running
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_failed_prune_does_not_end_pruning(tmp_path):
-    daemon = await started(build_daemon(reactor, settings(tmp_path)))
+    clock = Clock()
+    daemon = await started(build_daemon(reactor, settings(tmp_path), clock=clock, freeze_gc=False))
     try:
-        clock, calls = Clock(), []
-        daemon._pruning.stop()
-        daemon._pruning.clock = clock
-        daemon._pruning.start(PRUNE_INTERVAL, now=False)
+        calls = []
 
         def prune(ttl):
             calls.append(ttl)
@@ -83,11 +81,36 @@ async def test_a_failed_prune_does_not_end_pruning(tmp_path):
 
         daemon.spool.prune = prune
         clock.advance(PRUNE_INTERVAL)
-        assert daemon._pruning.running
+        assert daemon.pruning.running
         clock.advance(PRUNE_INTERVAL)
-        assert len(calls) == 2
+        assert calls == [3600.0, 3600.0]
     finally:
         await daemon.stopService()
+
+
+def test_services_start_in_order_with_the_spool_first(tmp_path):
+    daemon = build_daemon(reactor, settings(tmp_path), freeze_gc=False)
+    names = [service.name for service in daemon]
+    assert names == ["spool", "breaker", "pool", "job", "sink", "dispatcher", "signature-checks", "pruning", "http"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_stops_each_child_once_in_the_drain_order(tmp_path, logged):
+    daemon = await started(build_daemon(reactor, settings(tmp_path), freeze_gc=False))
+    stopped = []
+    for service in daemon:
+        original = service.stopService
+
+        def recording(service=service, original=original):
+            stopped.append(service.name)
+            return original()
+
+        service.stopService = recording
+    await daemon.stopService()
+    assert stopped == ["pruning", "http", "signature-checks", "spool", "pool", "job", "sink", "dispatcher", "breaker"]
+    assert not any(service.running for service in daemon) and not daemon.running
+    lines = [e["log_format"] for e in logged if e.get("log_namespace") == "snsd.daemon"]
+    assert any(line.startswith("draining: ") for line in lines) and lines[-1] == "stopped"
 
 
 @pytest_twisted.ensureDeferred

@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
+from snsd.admission import BreakerPolicy
 from snsd.breaker import CircuitBreaker, State
 from snsd.dispatcher import CLAIM_RETRY, Backpressure, Dispatcher
 from snsd.envelope import parse_envelope
@@ -65,7 +66,7 @@ class Harness:
             self.sink,
             self.clock,
             workers=workers,
-            breaker_mode=mode,
+            policy=BreakerPolicy(self.breaker, mode),
             max_pending=max_pending,
         )
 
@@ -265,15 +266,16 @@ async def test_skip_mode_dead_letters_spooled_records_while_open(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_backpressure_refuses_past_max_pending_and_records_nothing(tmp_path):
+async def test_backpressure_takes_a_message_whole_below_max_pending_and_refuses_at_it_recording_nothing(tmp_path):
     h = Harness(tmp_path, lambda record: {}, workers=1, max_pending=3)
     await h.start()
     h.breaker.force_open()
     await h.submit("m-1", "a", "b")
+    await h.submit("m-2", "c", "d")  # 2 pending, below the cap: taken whole, one message over it
     with pytest.raises(Backpressure):
-        await h.submit("m-2", "c", "d")
-    assert await h.spool.counts() == {"records": 2, "dead_letters": 0}
-    await h.submit("m-3", "e")
+        await h.submit("m-3", "e")
+    assert await h.spool.counts() == {"records": 4, "dead_letters": 0}
+    assert h.dispatcher.pending == 4
     await h.stop()
 
 
@@ -462,6 +464,11 @@ async def test_a_result_the_sink_cannot_write_dead_letters_its_record_alone_with
             if line["key"] == "bad":
                 raise OSError("disk full")
             self.sink.write(line)
+
+        def write_many(self, lines):
+            if any(line["key"] == "bad" for line in lines):
+                raise OSError("disk full")
+            self.sink.write_many(lines)
 
     h = await started_with_short_jobs(tmp_path)
     h.dispatcher.sink = RefusingSink(h.sink)

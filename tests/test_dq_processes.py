@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from snsd.config import SNSDOptions
+from snsd.daemon import job_for
 from snsd.dq.job import DataQualityJob, JobError, make_job
 from snsd.dq.processes import ProcessPoolJob
 from snsd.dq.rules import load_rules
@@ -169,7 +170,7 @@ def test_close_stops_running_jobs_and_their_threads_raise():
 @pytest.mark.localstack
 def test_children_run_the_rules_validated_at_startup_not_the_file_as_edited_since(s3, rules):
     record = put(s3, "people.csv", b"id,age\n1,30\n")
-    job = parse("--rules", rules, "--job-processes", "1")["job"]
+    job = job_for(parse("--rules", rules, "--job-processes", "1"))
     try:
         with open(rules, "w") as f:  # after startup, before the first child is spawned
             f.write("- {name: edited, schema: {fields: [{name: id, type: int}]}}\n")  # invalid: type int
@@ -192,15 +193,19 @@ def parse(*args):
 
 def test_the_built_in_job_runs_in_one_process_per_core_by_default():
     settings = parse()
-    assert isinstance(settings["job"], ProcessPoolJob)
-    assert settings["job"].processes == settings["job-processes"] == (os.cpu_count() or 1)
-    assert settings["job"].nice == settings["job-nice"]
+    job = job_for(settings)
+    try:
+        assert isinstance(job, ProcessPoolJob)
+        assert job.processes == settings.job_processes == (os.cpu_count() or 1)
+        assert job.nice == settings.job_nice
+    finally:
+        job.close()
 
 
 def test_job_processes_0_runs_the_built_in_job_in_the_threads():
-    assert isinstance(parse("--job-processes", "0")["job"], DataQualityJob)
+    assert isinstance(job_for(parse("--job-processes", "0")), DataQualityJob)
 
 
 def test_a_custom_job_always_runs_in_the_threads():
     settings = parse("--job", "snsd.jobs.head:head_object", "--job-processes", "2")
-    assert settings["job"].__name__ == "head_object"
+    assert job_for(settings).__name__ == "head_object"

@@ -3,6 +3,7 @@
 import pytest
 from twisted.python import usage
 
+from snsd.admission import AckMode, BreakerMode
 from snsd.config import SNSDOptions
 from snsd.jobs.head import head_object
 
@@ -17,54 +18,54 @@ def parse(args, env=None):
 
 def test_defaults():
     s = parse(["--dry-run", "--job", HEAD])
-    assert s["port"] == "tcp:8080"
-    assert s["workers"] == 10
-    assert s["job-nice"] == 19
-    assert s["breaker-max-failures"] == 5
-    assert s["breaker-cooldown"] == 60.0
-    assert s["breaker-mode"] == "skip"
-    assert s["results"] == "./dry_run_results.jsonl"
-    assert s["spool"] == "./snsd-spool.sqlite3"
-    assert s["max-pending"] == 10_000
-    assert s["ack"] == "spooled"
-    assert s["drain-timeout"] == 30.0
-    assert s["verify-signatures"] is True
-    assert s["max-age"] == 3600.0
-    assert s["dedup-ttl"] == 3600.0
-    assert s["job"] is head_object
+    assert s.port == "tcp:8080"
+    assert s.workers == 10
+    assert s.job_nice == 19
+    assert s.breaker_max_failures == 5
+    assert s.breaker_cooldown == 60.0
+    assert s.breaker_mode is BreakerMode.SKIP
+    assert s.results == "./dry_run_results.jsonl"
+    assert s.spool == "./snsd-spool.sqlite3"
+    assert s.max_pending == 10_000
+    assert s.ack is AckMode.SPOOLED
+    assert s.drain_timeout == 30.0
+    assert s.verify_signatures is True
+    assert s.max_age == 3600.0
+    assert s.dedup_ttl == 3600.0
+    assert s.job is head_object
 
 
 def test_bare_port_number_becomes_tcp():
-    assert parse(["--dry-run", "--job", HEAD, "--port", "9000"])["port"] == "tcp:9000"
+    assert parse(["--dry-run", "--job", HEAD, "--port", "9000"]).port == "tcp:9000"
 
 
 def test_endpoint_strings_pass_through():
     s = parse(["--dry-run", "--job", HEAD, "--port", "tcp:8080:interface=127.0.0.1"])
-    assert s["port"] == "tcp:8080:interface=127.0.0.1"
+    assert s.port == "tcp:8080:interface=127.0.0.1"
 
 
 def test_environment_overrides_default_and_flag_overrides_environment():
     env = {"SNS_WORKER_MAX": "4", "CIRCUIT_BREAKER_MODE": "reject", "SNSD_DRY_RUN": "true", "SNSD_JOB": HEAD}
-    assert parse([], env)["workers"] == 4
-    assert parse([], env)["breaker-mode"] == "reject"
-    assert parse(["--workers", "7"], env)["workers"] == 7
+    assert parse([], env).workers == 4
+    assert parse([], env).breaker_mode is BreakerMode.REJECT
+    assert parse(["--workers", "7"], env).workers == 7
 
 
 @pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("0", False), ("false", False)])
 def test_dry_run_environment_values(value, expected):
     env = {"SNSD_DRY_RUN": value, "SNSD_RESULTS_BUCKET": "results"}
-    assert parse(["--job", HEAD], env)["dry-run"] is expected
+    assert parse(["--job", HEAD], env).dry_run is expected
 
 
 def test_repeatable_and_comma_separated_lists():
     env = {"SNSD_TRUSTED_HOSTS": "a:1, b:2", "SNSD_DRY_RUN": "1", "SNSD_JOB": HEAD}
-    assert parse([], env)["trusted-host"] == ("a:1", "b:2")
-    assert parse(["--trusted-host", "c:3", "--trusted-host", "d"], env)["trusted-host"] == ("c:3", "d")
+    assert parse([], env).trusted_host == ("a:1", "b:2")
+    assert parse(["--trusted-host", "c:3", "--trusted-host", "d"], env).trusted_host == ("c:3", "d")
 
 
 def test_no_verify_signatures_flag_and_env():
-    assert parse(["--dry-run", "--job", HEAD, "--no-verify-signatures"])["verify-signatures"] is False
-    assert parse(["--dry-run", "--job", HEAD], {"SNSD_VERIFY_SIGNATURES": "0"})["verify-signatures"] is False
+    assert parse(["--dry-run", "--job", HEAD, "--no-verify-signatures"]).verify_signatures is False
+    assert parse(["--dry-run", "--job", HEAD], {"SNSD_VERIFY_SIGNATURES": "0"}).verify_signatures is False
 
 
 @pytest.mark.parametrize(
@@ -136,7 +137,7 @@ def test_a_checked_value_from_the_environment_is_named_by_its_variable(env, mess
 
 
 def test_help_states_each_default_once():
-    docs = {flag: doc for flag, _, _, doc in SNSDOptions.optParameters}
+    docs = {flag: doc for flag, _, _, doc, _ in SNSDOptions.optParameters}
     assert all(doc.count("default") == 1 for doc in docs.values()), docs
     assert "(default: data-quality)" in docs["job"] and "(default: one per core)" in docs["job-processes"]
     assert docs["workers"].endswith("[SNS_WORKER_MAX] (default: 10)")
@@ -171,3 +172,24 @@ def test_readme_documents_every_option_and_variable():
         flag = "--no-verify-signatures" if setting.flag == "verify-signatures" else f"--{setting.flag}"
         assert f"`{flag}`" in readme, flag
         assert setting.env in readme, setting.env
+
+
+def test_settings_are_frozen_and_typed():
+    import dataclasses
+
+    s = parse(["--dry-run", "--job", HEAD, "--breaker-mode", "spool", "--ack", "after-job"])
+    assert s.breaker_mode is BreakerMode.SPOOL and s.ack is AckMode.AFTER_JOB
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.workers = 3
+
+
+def test_parsing_builds_no_job_processes():
+    """The built-in job's worker processes are the daemon's to start, not the option parser's."""
+    import multiprocessing
+
+    from snsd.dq.job import DataQualityJob
+
+    before = multiprocessing.active_children()
+    s = parse(["--dry-run", "--job-processes", "2"])
+    assert type(s.job) is DataQualityJob and s.builtin_job and s.job_processes == 2
+    assert multiprocessing.active_children() == before

@@ -215,3 +215,21 @@ def test_bad_envelopes_say_why(body, reason):
 def test_type_header_must_match_the_body():
     with pytest.raises(BadEnvelope, match="header"):
         parse_envelope(envelope(), "SubscriptionConfirmation")
+
+
+def test_a_malformed_record_is_left_out_and_counted_and_its_neighbours_kept():
+    event = json.loads(s3_event("good.csv"))
+    event["Records"] += [
+        "not an object",
+        {**event["Records"][0], "s3": {"bucket": {"name": "b"}}},
+        {**event["Records"][0], "eventName": "ObjectRemoved:Delete"},
+    ]
+    parsed = parse_s3_message(json.dumps(event))
+    assert [r.key for r in parsed.records] == ["good.csv"]
+    assert parsed.ignored_records == 3
+    assert parsed.ignored == "malformed S3 record, S3 record without bucket or key, ObjectRemoved:Delete"
+
+
+def test_a_message_of_only_malformed_records_is_ignored_as_before():
+    parsed = parse_s3_message(json.dumps({"Records": ["x", {"eventVersion": "2.1", "eventName": "ObjectCreated:Put"}]}))
+    assert (parsed.records, parsed.ignored, parsed.ignored_records) == ((), "malformed S3 record", 2)

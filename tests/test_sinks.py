@@ -7,6 +7,7 @@ import boto3
 import pytest
 
 from snsd.awsclients import SharedClient
+from snsd.protocols import Sink
 from snsd.sinks import JSONLinesSink, S3ResultSink
 from tests.localstack_fixtures import aws_env, localstack_url  # noqa: F401 - fixtures
 
@@ -102,6 +103,29 @@ def test_s3_documents_are_standard_json_even_with_nan(monkeypatch):
     assert json.loads(sent["Body"], parse_constant=pytest.fail) == {
         "bucket": "b", "key": "k.csv", "result": {"observed": None, "max": None}
     }  # fmt: skip
+
+
+def test_s3_write_many_puts_one_object_per_result_and_stops_at_the_first_failure():
+    keys = []
+
+    class Client:
+        def put_object(self, **kwargs):
+            if kwargs["Key"].endswith("bad.dq.json"):
+                raise OSError("S3 said no")
+            keys.append(kwargs["Key"])
+
+    sink = S3ResultSink("results", "dq/", client=SharedClient(factory=Client))
+    sink.write_many([{"bucket": "b", "key": "1"}, {"bucket": "b", "key": "2"}])
+    assert keys == ["dq/b/1.dq.json", "dq/b/2.dq.json"]
+    with pytest.raises(OSError):
+        sink.write_many([{"bucket": "b", "key": "3"}, {"bucket": "b", "key": "bad"}, {"bucket": "b", "key": "4"}])
+    assert keys[2:] == ["dq/b/3.dq.json"]
+
+
+def test_every_sink_is_a_sink(tmp_path):
+    sinks = [JSONLinesSink(str(tmp_path / "r.jsonl")), S3ResultSink("results", client=SharedClient(factory=object))]
+    assert all(isinstance(sink, Sink) for sink in sinks)
+    sinks[0].close()
 
 
 @pytest.mark.localstack

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from snsd.web import make_site
+from snsd.site import make_site
 from tests.web_harness import Snsd
 
 

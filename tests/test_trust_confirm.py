@@ -148,3 +148,89 @@ def test_the_answer_is_read_whatever_its_namespace():
     plain = ANSWER.replace(b' xmlns="http://sns.amazonaws.com/doc/2010-03-31/"', b"")
     assert parse_confirmation(plain) == SUBSCRIPTION_ARN
     assert parse_confirmation(ANSWER) == SUBSCRIPTION_ARN
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<!DOCTYPE r><ConfirmSubscriptionResponse/>",  # a DTD without entities parses fine otherwise
+        b'<?xml version="1.0"?><!doctype r SYSTEM "x"><r/>',
+        b"<r><!ENTITY x 'y'></r>",
+    ],
+)
+def test_any_dtd_or_entity_declaration_is_refused_before_parsing(body):
+    with pytest.raises(ValueError, match="DTDs are not accepted"):
+        parse_confirmation(body)
+
+
+# -- pinned by mutation testing (issue 18) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # a SubscriptionArn elsewhere than in ConfirmSubscriptionResult
+        b"<ConfirmSubscriptionResponse><ResponseMetadata><SubscriptionArn>x</SubscriptionArn></ResponseMetadata>"
+        b"</ConfirmSubscriptionResponse>",
+        # an empty or blank SubscriptionArn
+        b"<ConfirmSubscriptionResponse><ConfirmSubscriptionResult><SubscriptionArn> </SubscriptionArn>"
+        b"</ConfirmSubscriptionResult></ConfirmSubscriptionResponse>",
+    ],
+)
+def test_only_a_subscription_arn_in_the_result_counts(body):
+    with pytest.raises(ValueError, match="no SubscriptionArn"):
+        parse_confirmation(body)
+
+
+def test_other_elements_of_the_result_are_not_taken_for_the_arn():
+    body = (
+        b"<ConfirmSubscriptionResponse><ConfirmSubscriptionResult><Other>not it</Other>"
+        b"<SubscriptionArn> arn:x </SubscriptionArn></ConfirmSubscriptionResult></ConfirmSubscriptionResponse>"
+    )
+    assert parse_confirmation(body) == "arn:x"
+
+
+def test_a_blank_token_in_the_subscribe_url_is_not_the_signed_token():
+    h = Harness()
+    url = f"https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token="
+    error = failure_of(h.confirm(subscription_confirmation(subscribe_url=url, token="t")), TrustError)
+    assert (error.status, error.reason) == (403, "subscribe_url_mismatch")
+    assert h.resource.requests == []
+
+
+def test_the_defaults_and_the_reactor_as_clock():
+    from twisted.internet import reactor
+
+    confirmer = SubscriptionConfirmer(None, HostTrust())
+    assert (confirmer.timeout, confirmer.max_bytes, confirmer._clock) == (10.0, 65536, reactor)
+
+
+def test_refusals_and_outcomes_are_counted_and_logged():
+    from prometheus_client import REGISTRY
+    from twisted.logger import globalLogPublisher
+
+    def refused():
+        return REGISTRY.get_sample_value("snsd_signature_failures_total", {"reason": "subscribe_url_mismatch"}) or 0
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        before = refused()
+        h = Harness()
+        bad = subscription_confirmation(subscribe_url=f"https://sns.us-east-1.amazonaws.com/?TopicArn={TOPIC}")
+        failure_of(h.confirm(bad), TrustError)
+        assert refused() - before == 1
+        good = subscription_confirmation()
+        result_of(h.confirm(good))
+        failure_of(Harness(status=500).confirm(good), TrustError)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logged = {e["log_format"].split(" ")[0]: e for e in events if "message_id" in e}
+    assert logged["not"]["reason"] == "subscribe_url_mismatch"
+    assert logged["confirmed"]["subscription_arn"] == SUBSCRIPTION_ARN
+    assert logged["confirming"]["detail"] == "HTTP 500"
+
+
+def test_a_failed_confirmation_says_why():
+    error = failure_of(Harness(status=500).confirm(subscription_confirmation()), TrustError)
+    assert error.detail == "HTTP 500"

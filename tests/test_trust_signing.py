@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from snsd.trust.errors import TrustError
 from snsd.trust.signing import sign_fields, string_to_sign, verify_signature
 from tests.trust_helpers import (
+    ec_key,
     make_certificate,
     notification,
     private_key_pem,
@@ -94,6 +99,62 @@ def test_adding_a_subject_to_a_message_signed_without_one_breaks_the_signature()
         verify_signature(fields, CERT)
 
 
+def resplit(fields: dict) -> dict:
+    """The forgery of issue 15: a signed Message ending in "\nMessageId\n<text>" re-split so that
+    Message loses that tail and MessageId gains it.  The string to sign is unchanged."""
+    message, marker, moved = fields["Message"].rpartition("\nMessageId\n")
+    assert marker, "the signed Message must contain the marker"
+    return {**fields, "Message": message, "MessageId": f"{moved}\nMessageId\n{fields['MessageId']}"}
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_text_moved_from_message_to_message_id_is_refused(version):
+    genuine = signed(notification(message='{"Records": []}\nMessageId\nchosen-by-the-sender'), version=version)
+    verify_signature(genuine, CERT)
+    forged = resplit(genuine)
+    # The same bytes, so the same signature covers the forgery.
+    assert lines(forged, NOTIFICATION_SIGNED[:2]) == lines(genuine, NOTIFICATION_SIGNED[:2])
+    with pytest.raises(TrustError) as e:
+        verify_signature(forged, CERT)
+    assert (e.value.status, e.value.reason) == (403, "bad_signed_field")
+    assert "MessageId" in e.value.detail
+
+
+def lines(fields: dict, keys: tuple[str, ...]) -> bytes:
+    """The "key\\nvalue\\n" lines of ``keys``, built here without snsd's rules."""
+    return "".join(f"{k}\n{fields[k]}\n" for k in keys).encode()
+
+
+def signed_as_written(fields: dict, keys: tuple[str, ...]) -> dict:
+    """``fields`` signed over :func:`lines`, line breaks and all: what a signer without snsd's
+    rule would produce."""
+    signature = rsa_key().sign(lines(fields, keys), padding.PKCS1v15(), hashes.SHA256())
+    return {**fields, "SignatureVersion": "2", "Signature": base64.b64encode(signature).decode()}
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r"])
+@pytest.mark.parametrize(
+    ("make", "key"),
+    # Not Type: a Type with a line break is no known Type, refused as bad_signature already.
+    [(notification, k) for k in NOTIFICATION_SIGNED if k not in ("Message", "Type")]
+    + [(subscription_confirmation, k) for k in CONFIRMATION_SIGNED if k not in ("Message", "Type")],
+)
+def test_a_line_break_in_any_signed_field_but_message_is_refused(make, key, line_break):
+    fields = make(subject="s") if make is notification else make()
+    keys = NOTIFICATION_SIGNED if make is notification else CONFIRMATION_SIGNED
+    fields[key] = fields[key] + line_break + "tail"
+    with pytest.raises(TrustError) as e:
+        verify_signature(signed_as_written(fields, keys), CERT)
+    assert (e.value.status, e.value.reason) == (403, "bad_signed_field")
+    assert f"signed field {key} " in e.value.detail
+
+
+def test_a_line_break_in_message_is_accepted():
+    fields = notification(subject="s", message="line one\r\nline two\n")
+    verify_signature(signed_as_written(fields, NOTIFICATION_SIGNED), CERT)
+    verify_signature(signed(fields), CERT)
+
+
 def test_unsigned_fields_may_change_without_breaking_the_signature():
     fields = signed(notification())
     fields["UnsubscribeURL"] = "https://elsewhere.example/"
@@ -140,3 +201,62 @@ def test_sign_fields_accepts_str_pem_and_leaves_the_input_alone():
     verify_signature(result, CERT)
     with pytest.raises(ValueError):
         sign_fields(fields, private_key_pem(rsa_key()), "3")
+
+
+# -- pinned by mutation testing (issue 18): each of these once let a plausible bug through ------------
+
+
+@pytest.mark.parametrize("value", [None, 5, ["x"]])
+@pytest.mark.parametrize("key", ["MessageId", "Message", "Timestamp"])
+def test_a_signed_field_missing_or_not_a_string_cannot_be_signed_or_verified(key, value):
+    fields = {**notification(), key: value}
+    with pytest.raises(ValueError, match=f"signed field {key} is missing or not a string"):
+        string_to_sign(fields)
+    genuine = signed(notification())
+    with pytest.raises(TrustError) as e:
+        verify_signature({**genuine, key: value}, CERT)
+    assert (e.value.status, e.value.reason) == (403, "bad_signature")
+
+
+@pytest.mark.parametrize("junk", ["!", " ", "\n", "*"])
+def test_a_signature_with_characters_outside_base64_is_refused(junk):
+    # A lenient decoder would skip them and verify the genuine signature underneath.
+    fields = signed(notification())
+    signature = fields["Signature"]
+    fields["Signature"] = signature[:10] + junk + signature[10:]
+    with pytest.raises(TrustError) as e:
+        verify_signature(fields, CERT)
+    assert (e.value.status, e.value.reason) == (403, "bad_signature")
+
+
+def test_a_certificate_without_an_rsa_key_is_refused():
+    fields = signed(notification())
+    with pytest.raises(TrustError) as e:
+        verify_signature(fields, make_certificate(ec_key()))
+    assert (e.value.status, e.value.reason, e.value.detail) == (
+        403,
+        "untrusted_certificate",
+        "certificate key is not RSA",
+    )
+
+
+def test_signing_refuses_unknown_versions_and_keys_that_are_not_rsa():
+    with pytest.raises(ValueError, match="unsupported SignatureVersion"):
+        sign_fields(notification(), private_key_pem(rsa_key()), "3")
+    ec_pem = ec_key().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(ValueError, match="RSA private key"):
+        sign_fields(notification(), ec_pem, "1")
+
+
+def test_sign_fields_defaults_to_version_1():
+    fields = sign_fields(notification(), private_key_pem(rsa_key()))
+    assert fields["SignatureVersion"] == "1"
+    verify_signature(fields, CERT)
+
+
+def test_the_string_to_sign_is_utf_8():
+    fields = notification(message="héllo ✓")
+    assert "Message\nhéllo ✓\n".encode() in string_to_sign(fields)
+    verify_signature(signed(fields, version="2"), CERT)

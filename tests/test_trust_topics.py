@@ -65,3 +65,12 @@ def test_answers_stay_right_and_memory_bounded_under_a_flood_of_invented_topics(
         assert not allow.allows(f"arn:aws:sns:r:2:up-{i}")
     assert len(allow._memo) <= topics._MEMO_MAX
     assert allow.allows("arn:aws:sns:r:1:up-0") and not allow.allows("arn:aws:sns:r:2:up-0")
+
+
+def test_up_to_1024_answers_are_remembered_then_the_memory_starts_over():
+    allow = TopicAllowList(["arn:aws:sns:*:1:up-*"])
+    for i in range(1024):
+        allow.allows(f"arn:aws:sns:r:1:up-{i}")
+    assert len(allow._memo) == 1024
+    allow.allows("arn:aws:sns:r:1:up-1024")
+    assert len(allow._memo) == 1

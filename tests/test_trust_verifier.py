@@ -261,3 +261,102 @@ def test_a_malformed_topic_arn_is_refused():
     h = Harness()
     fields = signed(notification(topic_arn="not-an-arn"))
     assert h.refused(fields).reason == "bad_topic_arn"
+
+
+# -- pinned by mutation testing (issue 18): each of these once let a plausible bug through ------------
+
+
+def test_a_cached_certificate_does_not_lift_the_region_rule():
+    h = Harness()
+    result_of(h.verify(signed(notification())))  # caches the us-east-1 certificate
+    # A topic in eu-west-1 naming the us-east-1 URL: refused though that URL's certificate is cached.
+    fields = signed(notification(topic_arn="arn:aws:sns:eu-west-1:123456789012:uploads"))
+    error = h.refused(fields)
+    assert (error.status, error.reason) == (403, "untrusted_cert_url")
+    with pytest.raises(TrustError, match="untrusted_cert_url"):
+        h.verifier.precheck(envelope(fields))
+    assert len(h.resource.requests) == 1
+
+
+def test_the_future_skew_is_300_seconds_to_the_millisecond():
+    h = Harness()
+    result_of(h.verify(signed(notification(timestamp=NOW + timedelta(seconds=300)))))
+    error = h.refused(signed(notification(timestamp=NOW + timedelta(seconds=300, milliseconds=1))))
+    assert (error.status, error.reason, error.detail) == (403, "future_timestamp", "300 s ahead")
+
+
+def test_the_max_age_is_pinned_to_the_millisecond():
+    h = Harness(max_age=60)
+    result_of(h.verify(signed(notification(timestamp=NOW - timedelta(seconds=60)))))
+    error = h.refused(signed(notification(timestamp=NOW - timedelta(seconds=60, milliseconds=1))))
+    assert (error.status, error.reason, error.detail) == (403, "stale_timestamp", "60 s old")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"Timestamp": "yesterday"}, "bad_timestamp"),
+        ({"SignatureVersion": "3"}, "unsupported_signature_version"),
+        ({"Signature": ""}, "missing_signature"),
+        ({"SigningCertURL": "https://evil.example/SimpleNotificationService-1.pem"}, "untrusted_cert_url"),
+        ({"TopicArn": "arn:aws:sns"}, "bad_topic_arn"),
+        ({"TopicArn": "sns:aws:sns:us-east-1:1:t"}, "bad_topic_arn"),
+        ({"Message": "forged"}, "bad_signature"),
+        ({"MessageId": "a\nb"}, "bad_signed_field"),
+    ],
+)
+def test_every_refusal_of_the_message_itself_is_a_403_and_counted(change, reason):
+    h = Harness()
+    before = failures(reason)
+    error = h.refused({**signed(notification()), **change})
+    assert (error.status, error.reason) == (403, reason)
+    assert failures(reason) - before == 1
+
+
+def test_a_foreign_topic_is_refused_with_a_403_before_the_arn_is_even_read():
+    h = Harness(topics=[TOPIC])
+    error = h.refused(signed(notification(topic_arn="not-an-arn")))
+    assert (error.status, error.reason) == (403, "topic_not_allowed")
+
+
+def test_precheck_refusals_are_counted_and_logged():
+    h = Harness(topics=[TOPIC])
+    before = failures("topic_not_allowed")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        with pytest.raises(TrustError):
+            h.verifier.precheck(envelope(signed(notification(topic_arn=TOPIC + "x"))))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert failures("topic_not_allowed") - before == 1
+    assert [e["status"] for e in events if e.get("reason") == "topic_not_allowed"] == [403]
+
+
+def test_allows_topic_is_the_allow_list_alone():
+    h = Harness(topics=[TOPIC])
+    assert h.verifier.allows_topic(TOPIC)
+    assert not h.verifier.allows_topic(TOPIC + "x")
+
+
+def test_a_refusal_after_the_download_is_counted_once():
+    h = Harness()
+    before = failures("bad_signature")
+    fields = signed(notification())
+    fields["Message"] = "forged"  # first message of the topic: the certificate is downloaded first
+    assert h.refused(fields).reason == "bad_signature"
+    assert failures("bad_signature") - before == 1
+
+
+def test_a_failed_download_is_counted_as_a_refusal():
+    h = Harness()
+    h.resource.routes[PATH] = (503, b"")
+    before = failures("cert_fetch_failed")
+    h.refused(signed(notification()))
+    assert failures("cert_fetch_failed") - before == 1
+
+
+def test_a_trust_error_reads_as_its_reason_and_detail():
+    assert str(TrustError(403, "bad_signature", "why")) == "bad_signature: why"
+    assert str(TrustError(403, "bad_signature")) == "bad_signature"
+    assert repr(TrustError(502, "x", "y")) == "TrustError(status=502, reason='x', detail='y')"

@@ -4,14 +4,15 @@ real RSA key, a real (in-memory) spool, and a fake clock."""
 import base64
 import gc
 import json
+from datetime import timedelta
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import globalLogPublisher
 
+from snsd.admission import AFTER_JOB_WAIT
 from snsd.trust.dedup import DedupCache
-from snsd.web import AFTER_JOB_WAIT
-from tests.trust_helpers import TOPIC, notification, result_of, signed, subscription_confirmation
+from tests.trust_helpers import NOW, TOPIC, notification, result_of, signed, subscription_confirmation
 from tests.web_harness import CONFIRMED_ARN, Snsd, s3_message
 
 
@@ -215,6 +216,7 @@ def test_a_certificate_that_cannot_be_fetched_is_5xx_and_the_retry_is_accepted(s
         200,
         certificate_pem(make_certificate(rsa_key())),
     )
+    snsd.clock.advance(20)  # SNS's first retry comes 20 s later; a failed download is remembered for 10 s
     assert snsd.post(fields)[0] == 200
     assert len(snsd.jobs_seen) == 1
 
@@ -253,11 +255,11 @@ def test_duplicates_get_200_duplicate_and_no_new_job(snsd):
 
 
 def test_a_duplicate_the_bounded_memory_has_let_go_of_is_still_caught_by_the_spool(snsd):
-    snsd.endpoint.dedup = DedupCache(snsd.clock, max_entries=1)
+    snsd.accepted.memory = DedupCache(snsd.clock, max_entries=1)
     first = signed_notification("a.csv")
     assert snsd.post(first)[1]["status"] == "accepted"
     assert snsd.post(signed_notification("b.csv"))[1]["status"] == "accepted"  # pushes a.csv's id out
-    assert first["MessageId"] not in snsd.endpoint.dedup
+    assert first["MessageId"] not in snsd.accepted
     assert snsd.post(first)[1] == {"status": "duplicate"}
     assert [r.key for r in snsd.jobs_seen] == ["a.csv", "b.csv"]
 
@@ -305,7 +307,7 @@ def test_breaker_skip_mode_answers_skipped_and_keeps_dead_letters(tmp_path):
     status, body, _ = snsd.post(later)
     assert (status, body) == (200, {"status": "skipped", "jobs": 1})
     assert snsd.counts() == {"records": 0, "dead_letters": 3}
-    snsd.endpoint.dedup.release(later["MessageId"])  # as if the bounded memory had let go of it
+    snsd.accepted.release(later["MessageId"])  # as if the bounded memory had let go of it
     assert snsd.post(later)[1] == {"status": "duplicate"}
     assert snsd.counts() == {"records": 0, "dead_letters": 3}
 
@@ -365,12 +367,12 @@ def test_health_and_readiness(snsd):
     assert snsd.request("GET", "/healthz") == (200, {"status": "alive"}, snsd.request("GET", "/healthz")[2])
     status, body, _ = snsd.request("GET", "/readyz")
     assert status == 200 and body["status"] == "ready"
-    snsd.endpoint.draining = True
+    snsd.dispatcher.drain(30)
     assert snsd.request("GET", "/readyz")[0] == 503
 
 
 def test_while_draining_new_posts_get_503(snsd):
-    snsd.endpoint.draining = True
+    snsd.dispatcher.drain(30)
     status, _, headers = snsd.post(signed_notification("a.csv"))
     assert status == 503 and headers.getRawHeaders("Retry-After")
     assert snsd.jobs_seen == []
@@ -480,3 +482,46 @@ def test_posts_before_the_spool_is_open_get_503(snsd):
     status, body, headers = snsd.post(signed_notification("a.csv"))
     assert status == 503 and "spool" in body["error"] and headers.getRawHeaders("Retry-After")
     assert snsd.jobs_seen == []
+
+
+def test_one_malformed_record_no_longer_drops_its_valid_neighbours(snsd):
+    # Issue 15 item 4: answered 200 "ignored" before, and the good record never ran (SNS does not retry a 200).
+    event = json.loads(s3_message("good.csv", "keyless.csv"))
+    del event["Records"][1]["s3"]["object"]["key"]
+    lines = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        status, body, _ = snsd.post(signed(notification(json.dumps(event))))
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    assert (status, body) == (
+        200,
+        {"status": "accepted", "jobs": 1, "ignored": 1, "reason": "S3 record without bucket or key"},
+    )
+    assert [r.key for r in snsd.jobs_seen] == ["good.csv"]
+    (logged,) = [e for e in lines if e.get("log_format", "").startswith("ignored {ignored} records")]
+    assert (logged["ignored"], logged["jobs"], logged["reason"]) == (1, 1, "S3 record without bucket or key")
+
+
+def test_a_message_with_more_records_than_max_pending_is_taken_when_nothing_waits(tmp_path):
+    # Issue 15 item 5: with nothing pending it got 503 on every try, a permanent condition answered as temporary.
+    snsd = Snsd(tmp_path, breaker_mode="spool", max_pending=2)
+    snsd.breaker.force_open()  # nothing runs: what was taken stays pending
+    assert snsd.post(signed_notification("a", "b", "c"))[1] == {"status": "spooled", "jobs": 3}
+    status, _, headers = snsd.post(signed_notification("d"))  # at the cap now: the next one waits
+    assert status == 503 and headers.getRawHeaders("Retry-After") == ["20"]
+    assert snsd.counts()["records"] == 3
+
+
+@pytest.mark.parametrize("memory_let_go", [False, True], ids=["memory", "spool"])
+def test_a_replay_inside_the_clock_skew_allowance_is_a_duplicate(tmp_path, memory_let_go):
+    # Issue 15 item 2, scaled down: max-age 10 s, a message stamped 5 s ahead of snsd's clock is
+    # still fresh 12 s after it was accepted; it used to be remembered only 10 s, and ran twice.
+    snsd = Snsd(tmp_path, max_age=10, dedup_ttl=10)
+    fields = signed(notification(s3_message("a.csv"), timestamp=NOW + timedelta(seconds=5)))
+    assert snsd.post(fields)[1] == {"status": "accepted", "jobs": 1}
+    snsd.clock.advance(12)
+    if memory_let_go:
+        snsd.accepted.release(fields["MessageId"])  # as if the bounded memory had let go: the spool remembers
+    assert snsd.post(fields)[1] == {"status": "duplicate"}
+    assert len(snsd.jobs_seen) == 1

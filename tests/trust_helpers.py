@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -33,8 +34,28 @@ LOCALSTACK_CERT_URL = "http://127.0.0.1:4566/_aws/sns/SimpleNotificationService-
 
 @functools.cache
 def rsa_key(name: str = "sns") -> rsa.RSAPrivateKey:
-    """One 2048-bit key per name per test run (generation is the slow part)."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    """One 2048-bit key per name per test run (generation is the slow part).
+
+    With ``SNSD_TEST_KEY_DIR`` set (scripts/mutate.py sets it: it runs the tests hundreds of
+    times), keys are kept there as PEM files and reused across runs.
+    """
+    folder = os.environ.get("SNSD_TEST_KEY_DIR")
+    path = os.path.join(folder, f"{name}.pem") if folder else None
+    if path and os.path.exists(path):
+        with open(path, "rb") as f:
+            return serialization.load_pem_private_key(f.read(), password=None)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if path:
+        with open(path + ".tmp", "wb") as f:
+            f.write(private_key_pem(key))
+        os.replace(path + ".tmp", path)
+    return key
+
+
+@functools.cache
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    """A key SNS never signs with: certificates with it must be refused."""
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
@@ -44,7 +65,7 @@ def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
 
 
 def make_certificate(
-    key: rsa.RSAPrivateKey,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
     common_name: str = "sns.amazonaws.com",
     not_before: datetime = NOW - timedelta(days=30),
     not_after: datetime = NOW + timedelta(days=30),

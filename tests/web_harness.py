@@ -1,25 +1,20 @@
-"""An in-memory snsd: the real endpoint, trust checks, spool (SQLite :memory:, inline) and
-dispatcher, on a fake clock, with jobs run inline and HTTP through ``treq.testing.StubTreq``."""
+"""An in-memory snsd, built by the daemon's own ``build_daemon``: the real endpoint, trust checks,
+spool (SQLite :memory:, inline) and dispatcher, on a fake reactor and clock
+(``MemoryReactorClock``), with jobs run inline and HTTP through ``treq.testing.StubTreq``."""
 
 from __future__ import annotations
 
 import json
 
 from treq.testing import StubTreq
+from twisted.application.service import Service
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
-from snsd.breaker import CircuitBreaker
-from snsd.dispatcher import Dispatcher
-from snsd.sinks import JSONLinesSink
+from snsd.admission import AckMode, BreakerMode
+from snsd.config import Settings
+from snsd.daemon import build_daemon
 from snsd.spool import SQLiteSpool
-from snsd.trust.certs import CertificateStore
-from snsd.trust.confirm import SubscriptionConfirmer
-from snsd.trust.dedup import DedupCache
-from snsd.trust.hosts import HostTrust
-from snsd.trust.topics import TopicAllowList
-from snsd.trust.verifier import MessageVerifier
-from snsd.web import SNSEndpoint
 from tests.trust_helpers import NOW, RecordingResource, certificate_pem, make_certificate, result_of, rsa_key
 
 CERT_PATH = b"/SimpleNotificationService-0123456789abcdef.pem"
@@ -29,10 +24,12 @@ CONFIRM_XML = f"""<ConfirmSubscriptionResponse xmlns="http://sns.amazonaws.com/d
 </ConfirmSubscriptionResponse>""".encode()
 
 
-class InlinePool:
+class InlinePool(Service):
     """Runs each job at once on the calling thread: keeps StubTreq tests synchronous."""
 
-    def __init__(self):
+    name = "pool"
+
+    def __init__(self, reactor=None, workers: int = 1, nice: int = 0):
         self.ran = 0
 
     def submit(self, fn, *args):
@@ -41,6 +38,13 @@ class InlinePool:
 
     def is_ready(self):
         return True
+
+    def stop(self, join: bool = True):
+        pass
+
+
+def inline_spool(reactor, path, clock):
+    return SQLiteSpool(None, path, clock=clock, inline=True)
 
 
 def s3_message(*keys: str, bucket: str = "incoming") -> str:
@@ -78,8 +82,10 @@ class Snsd:
         allow_raw_delivery=False,
         max_body=1024 * 1024,
         max_failures=2,
+        max_age=3600.0,
+        dedup_ttl=3600.0,
     ):
-        self.clock = Clock()
+        self.clock = MemoryReactorClock()
         self.clock.advance(NOW.timestamp())
         self.aws = RecordingResource(
             {
@@ -88,55 +94,58 @@ class Snsd:
             }
         )
         self.aws_http = StubTreq(self.aws)
-        host_trust = HostTrust(())
-        self.verifier = MessageVerifier(
-            CertificateStore(self.aws_http, self.clock, host_trust),
-            host_trust,
-            TopicAllowList(topics),
-            self.clock,
-            verify_signatures=verify_signatures,
-        )
-        self.breaker = CircuitBreaker(self.clock, max_failures=max_failures, cooldown=30)
-        self.spool = SQLiteSpool(None, ":memory:", clock=self.clock, inline=True)
         self.results_path = tmp_path / "results.jsonl"
-        self.sink = JSONLinesSink(str(self.results_path))
-        self.pool = InlinePool()
         self.jobs_seen = []
 
         def default_job(record):
             self.jobs_seen.append(record)
             return {"verdict": "passed", "key": record.key}
 
-        self.dispatcher = Dispatcher(
-            self.spool,
-            self.pool,
-            self.breaker,
-            job or default_job,
-            self.sink,
-            self.clock,
+        self.settings = Settings(
+            port="tcp:0",
             workers=4,
-            breaker_mode=breaker_mode,
+            breaker_max_failures=max_failures,
+            breaker_cooldown=30,
+            breaker_mode=BreakerMode(breaker_mode),
+            dry_run=True,
+            results=str(self.results_path),
+            job=job or default_job,
+            builtin_job=False,
+            spool=":memory:",
             max_pending=max_pending,
-            # Jobs run inline and at once here; the batch wait has its own tests (test_dispatcher).
-            batch_wait=0,
-        )
-        self.dedup = DedupCache(self.clock)
-        self.endpoint = SNSEndpoint(
-            verifier=self.verifier,
-            confirmer=SubscriptionConfirmer(self.aws_http, host_trust, clock=self.clock),
-            dedup=self.dedup,
-            dispatcher=self.dispatcher,
-            breaker=self.breaker,
-            pool=self.pool,
-            clock=self.clock,
-            breaker_mode=breaker_mode,
-            ack=ack,
-            basic_auth=basic_auth,
+            ack=AckMode(ack),
+            verify_signatures=verify_signatures,
+            topic_arn=tuple(topics),
             allow_raw_delivery=allow_raw_delivery,
             max_body=max_body,
+            basic_auth=basic_auth,
+            max_age=max_age,
+            dedup_ttl=dedup_ttl,
         )
+        self.daemon = build_daemon(
+            self.clock,
+            self.settings,
+            http_client=self.aws_http,
+            pool_factory=InlinePool,
+            spool_factory=inline_spool,
+            # Checks made inline: the fake reactor runs no threads.
+            offload_signatures=False,
+            # Jobs run inline and at once here; the batch wait has its own tests (test_dispatcher).
+            batch_wait=0,
+            freeze_gc=False,
+        )
+        self.endpoint = self.daemon.endpoint
+        self.verifier = self.endpoint.verifier
+        self.breaker = self.daemon.breaker
+        self.spool = self.daemon.spool
+        self.sink = self.daemon.sink
+        self.pool = self.daemon.pool
+        self.dispatcher = self.daemon.dispatcher
+        self.accepted = self.daemon.dedup
+        self.admission = self.endpoint.admission
+        self.policy = self.admission.policy
         self.client = StubTreq(self.endpoint.resource())
-        self.dispatcher.start(result_of(self.spool.open()))
+        self.daemon.startService()
 
     def request(self, method: str, path: str = "/", body: bytes | dict | None = None, headers: dict | None = None):
         if isinstance(body, dict):

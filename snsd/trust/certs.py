@@ -8,18 +8,29 @@ URL in a bounded LRU; an entry lives at most ``max_ttl`` seconds and never past 
 certificate's notAfter.  Concurrent callers for the same URL share one download.
 
 Trust in an AWS certificate comes from where it was fetched (https, certificate-verified by
-treq's default agent, from ``sns.<region>.amazonaws.com``) plus its subject CN and validity
-dates, as in AWS's own SDK validators.  Certificates from trusted emulator hosts skip the CN
-rule: LocalStack's is self-signed with a LocalStack CN.
+treq's default agent, from ``sns.<region>.amazonaws.com``) plus its subject CN, validity dates
+and RSA key, as in AWS's own SDK validators.  Certificates from trusted emulator hosts skip the
+CN rule: LocalStack's is self-signed with a LocalStack CN.
+
+**Preloaded certificates** (``--cert-dir``, for networks with no route to AWS) are files named
+as the SigningCertURL's file name.  The URL rule still applies to every message's URL; a
+preloaded certificate then stands in for the download and is checked like a downloaded one,
+at the time of use.  :func:`load_certificate_dir` refuses, at startup, a folder it cannot read
+or a file that is not an SNS certificate.
+
+A **failed download** is remembered for ``failure_ttl`` seconds: a burst of messages naming a
+certificate that cannot be fetched costs one GET, and each of them gets the same answer.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections import OrderedDict
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -29,7 +40,7 @@ from twisted.python.failure import Failure
 from snsd import metrics
 from snsd.trust.errors import TrustError
 from snsd.trust.fetch import FetchFailed, get_bounded
-from snsd.trust.hosts import HostTrust
+from snsd.trust.hosts import CERT_FILE_NAME, HostTrust
 
 log = Logger()
 
@@ -44,17 +55,66 @@ _NOT_BEFORE_SKEW = 300.0
 
 
 def check_certificate(certificate: x509.Certificate, now: float, require_sns_cn: bool) -> None:
-    """Refuse (403 ``untrusted_certificate``) a certificate outside its dates or with a foreign CN."""
+    """Refuse (403 ``untrusted_certificate``) a certificate outside its dates, with a foreign CN
+    or a key SNS does not sign with."""
     not_before = certificate.not_valid_before_utc.timestamp()
     not_after = certificate.not_valid_after_utc.timestamp()
     if now + _NOT_BEFORE_SKEW < not_before:
         raise TrustError(403, "untrusted_certificate", "certificate is not valid yet")
     if now >= not_after:  # the cache drops entries at notAfter too: one boundary, one answer
         raise TrustError(403, "untrusted_certificate", "certificate has expired")
+    check_signer(certificate, require_sns_cn)
+
+
+def check_signer(certificate: x509.Certificate, require_sns_cn: bool) -> None:
+    """The date-free part of :func:`check_certificate`: an RSA key and (unless waived) an SNS CN."""
+    if not isinstance(certificate.public_key(), rsa.RSAPublicKey):
+        raise TrustError(403, "untrusted_certificate", "certificate key is not RSA")
     if require_sns_cn:
         names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         if len(names) != 1 or not isinstance(names[0], str) or not _SNS_COMMON_NAME.fullmatch(names[0]):
             raise TrustError(403, "untrusted_certificate", f"subject CN {names!r} is not an SNS one")
+
+
+#: The largest certificate file read from --cert-dir (as the download cap: a PEM is a few KB).
+MAX_CERT_BYTES = 16384
+
+
+def load_certificate_dir(path: str) -> dict[str, x509.Certificate]:
+    """The certificates in ``path`` by file name; ``ValueError`` with one clear line if the folder
+    cannot be read or holds a file that is not an SNS signing certificate.
+
+    Hidden entries are skipped: a Kubernetes ConfigMap or Secret mount keeps its bookkeeping
+    (``..data``, ``..2025_…``) there.  Dates are checked when a certificate is used, not here.
+    """
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    certificates: dict[str, x509.Certificate] = {}
+    for name in names:
+        if name.startswith("."):
+            continue
+        where = os.path.join(path, name)
+        if not CERT_FILE_NAME.fullmatch(name):
+            raise ValueError(f"{where}: not named as a SigningCertURL's file (SimpleNotificationService-<id>.pem)")
+        try:
+            with open(where, "rb") as f:
+                body = f.read(MAX_CERT_BYTES + 1)
+        except OSError as e:
+            raise ValueError(f"cannot read {where}: {e.strerror or e}") from None
+        if len(body) > MAX_CERT_BYTES:
+            raise ValueError(f"{where}: larger than {MAX_CERT_BYTES} bytes, not a signing certificate")
+        try:
+            certificate = x509.load_pem_x509_certificate(body)
+        except ValueError:
+            raise ValueError(f"{where}: not a PEM certificate") from None
+        try:
+            check_signer(certificate, require_sns_cn=True)  # the dates are checked at each use
+        except TrustError as e:
+            raise ValueError(f"{where}: not an SNS signing certificate: {e.detail}") from None
+        certificates[name] = certificate
+    return certificates
 
 
 class CertificateStore:
@@ -64,9 +124,11 @@ class CertificateStore:
         clock: IReactorTime,
         host_trust: HostTrust,
         timeout: float = 5.0,
-        max_bytes: int = 16384,
+        max_bytes: int = MAX_CERT_BYTES,
         max_entries: int = 64,
         max_ttl: float = 24 * 3600.0,
+        preloaded: dict[str, x509.Certificate] | None = None,
+        failure_ttl: float = 10.0,
     ) -> None:
         self._http = http_client
         self._clock = clock
@@ -75,8 +137,22 @@ class CertificateStore:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.max_ttl = max_ttl
+        self.failure_ttl = failure_ttl
+        # file name -> certificate, from --cert-dir
+        self._preloaded = dict(preloaded or {})
+        if self._preloaded:
+            log.info("{count} preloaded signing certificates", count=len(self._preloaded))
+        for name, certificate in sorted(self._preloaded.items()):
+            if clock.seconds() >= certificate.not_valid_after_utc.timestamp():
+                log.warn(
+                    "preloaded signing certificate {name} expired on {expired}: messages naming it will be refused",
+                    name=name,
+                    expired=certificate.not_valid_after_utc.isoformat(),
+                )
         # url -> (certificate, expires_at); most recently used last
         self._cache: OrderedDict[str, tuple[x509.Certificate, float]] = OrderedDict()
+        # url -> (error, until): recently failed downloads; oldest first
+        self._failed: OrderedDict[str, tuple[TrustError, float]] = OrderedDict()
         # url -> callers waiting on the one download in flight
         self._waiting: dict[str, list[Deferred[x509.Certificate]]] = {}
 
@@ -112,6 +188,19 @@ class CertificateStore:
         certificate = self.cached(url)
         if certificate is not None:
             return succeed(certificate)
+        preloaded = self._preloaded.get(url.rpartition("/")[2])
+        if preloaded is not None:
+            metrics.cert_cache("preloaded").inc()
+            try:
+                return succeed(self._check_and_cache(preloaded, url))
+            except TrustError as e:
+                return fail(e)
+        failed = self._failed.get(url)
+        if failed is not None:
+            if self._clock.seconds() < failed[1]:
+                metrics.cert_cache("failed").inc()
+                return fail(failed[0])
+            del self._failed[url]
         waiter: Deferred[x509.Certificate] = Deferred()
         if url in self._waiting:
             # Another message already asked for this URL: wait for its download.
@@ -122,15 +211,12 @@ class CertificateStore:
         self._waiting[url] = [waiter]
         download = ensureDeferred(get_bounded(self._http, url, self.max_bytes, "certificate"))
         download.addTimeout(self.timeout, self._clock)
+        download.addCallback(_parse_pem)
         download.addCallback(self._check_and_cache, url)
         download.addBoth(self._deliver, url)
         return waiter
 
-    def _check_and_cache(self, body: bytes, url: str) -> x509.Certificate:
-        try:
-            certificate = x509.load_pem_x509_certificate(body)
-        except ValueError:
-            raise FetchFailed("body is not a PEM certificate") from None
+    def _check_and_cache(self, certificate: x509.Certificate, url: str) -> x509.Certificate:
         now = self._clock.seconds()
         check_certificate(certificate, now, require_sns_cn=not self._host_trust.is_trusted_host(url))
         expires_at = min(now + self.max_ttl, certificate.not_valid_after_utc.timestamp())
@@ -157,8 +243,18 @@ class CertificateStore:
                     error=result.getErrorMessage() or result.type.__name__,
                 )
                 error = TrustError(502, "cert_fetch_failed", result.getErrorMessage() or result.type.__name__)
+            self._failed[url] = (error, self._clock.seconds() + self.failure_ttl)
+            while len(self._failed) > self.max_entries:
+                self._failed.popitem(last=False)
             for waiter in waiters:
                 waiter.errback(Failure(error))
         else:
             for waiter in waiters:
                 waiter.callback(result)
+
+
+def _parse_pem(body: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(body)
+    except ValueError:
+        raise FetchFailed("body is not a PEM certificate") from None

@@ -38,7 +38,7 @@ _REGION = re.compile(r"[a-z0-9-]+")
 _HOST_CHARS = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]")
 _PORT = re.compile(r"[0-9]{1,5}")
 _PASSED_MAX = 256  # distinct certificate URLs remembered as checked
-_CERT_FILE_NAME = re.compile(r"SimpleNotificationService-[A-Za-z0-9_-]+\.pem")
+CERT_FILE_NAME = re.compile(r"SimpleNotificationService-[A-Za-z0-9_-]+\.pem")
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class HostTrust:
             if query:
                 raise _Refused("certificate URL has a query")
             segments = path.split("/")
-            if not _CERT_FILE_NAME.fullmatch(segments[-1]) or any(s in (".", "..") for s in segments):
+            if not CERT_FILE_NAME.fullmatch(segments[-1]) or any(s in (".", "..") for s in segments):
                 raise _Refused("file name is not SimpleNotificationService-*.pem")
         except _Refused as e:
             raise TrustError(403, "untrusted_cert_url", f"{e}: {str(url)[:200]}") from None

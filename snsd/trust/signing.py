@@ -29,6 +29,16 @@ _KEYS_BY_TYPE = {
 # Only Subject may be absent: a Notification published without one carries no Subject key
 # (or a JSON null), and then the key is left out of the string to sign altogether.
 _OPTIONAL_KEYS = frozenset({"Subject"})
+# The one signed field that may span lines.  The string to sign is "key\nvalue\n" lines, so a
+# line break in any other value would let a Message containing "\nMessageId\n..." be re-split
+# into a different Message and MessageId under the same signature.  SNS never sends one: its
+# ids, ARNs, timestamps, tokens and URLs have none, and a Subject "must not include line breaks".
+_MULTILINE_KEYS = frozenset({"Message"})
+
+
+class SignedFieldError(ValueError):
+    """A signed field other than Message holds a line break (refused as ``bad_signed_field``)."""
+
 
 #: SignatureVersion -> hash algorithm.  Anything else is refused, never guessed.
 DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
@@ -47,6 +57,8 @@ def string_to_sign(fields: dict) -> bytes:
             continue
         if not isinstance(value, str):
             raise ValueError(f"signed field {key} is missing or not a string")
+        if key not in _MULTILINE_KEYS and ("\n" in value or "\r" in value):
+            raise SignedFieldError(f"signed field {key} contains a line break")
         parts.append(f"{key}\n{value}\n")
     return "".join(parts).encode("utf-8")
 
@@ -89,6 +101,8 @@ def verify_signature(fields: dict, certificate: x509.Certificate) -> None:
     try:
         signature = base64.b64decode(encoded, validate=True)
         payload = string_to_sign(fields)
+    except SignedFieldError as e:
+        raise TrustError(403, "bad_signed_field", str(e)) from None
     except (binascii.Error, ValueError) as e:
         raise TrustError(403, "bad_signature", str(e)) from None
     public_key = certificate.public_key()
