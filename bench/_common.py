@@ -251,7 +251,9 @@ def start_snsd(workdir: Path, *args: str, trusted_host: str | None = None, job="
         *(("--trusted-host", trusted_host) if trusted_host else ()),
         *args,
     ]
-    return Listener("snsd", argv, workdir, env)
+    # The admin listener on a free port: several listeners run at once (bench/ab.py), and a build
+    # from before --admin-port ignores the variable.
+    return Listener("snsd", argv, workdir, {"SNSD_ADMIN_PORT": "tcp:0:interface=127.0.0.1", **(env or {})})
 
 
 def start_baseline(workdir: Path, *args: str, job="bench_jobs:trivial", env=None):

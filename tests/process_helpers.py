@@ -36,7 +36,8 @@ def missing(record):
 class Daemon:
     """A ``twistd -n snsd`` process listening on a kernel-chosen loopback port."""
 
-    def __init__(self, workdir: Path, *args: str, env: dict | None = None):
+    def __init__(self, workdir: Path, *args: str, env: dict | None = None, nofile: int | None = None):
+        """``nofile``: the process's file-descriptor limit (RLIMIT_NOFILE), lowered before twistd starts."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "snsd_test_jobs.py").write_text(JOBS_SOURCE)
@@ -57,6 +58,7 @@ class Daemon:
         ]
         self.env = {**os.environ, "PYTHONPATH": str(self.workdir), **(env or {})}
         self.process: subprocess.Popen | None = None
+        self.nofile = nofile
         self.port: int | None = None
         self.admin_port: int | None = None  # the admin listener's (/breaker, /metrics)
 
@@ -73,6 +75,7 @@ class Daemon:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if self.nofile is None else self._lower_nofile,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -90,6 +93,11 @@ class Daemon:
                 self.port = int(found.group(1))
             time.sleep(0.05)
         raise RuntimeError(f"twistd not ready within {timeout}s:\n{self.output()}")
+
+    def _lower_nofile(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
