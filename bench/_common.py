@@ -236,9 +236,6 @@ def start_snsd(workdir: Path, *args: str, trusted_host: str | None = None, job="
         "snsd",
         "--port",
         "tcp:0:interface=127.0.0.1",
-        # A port of its own too: the default (9090) may be another daemon's.
-        "--admin-port",
-        "tcp:0:interface=127.0.0.1",
         "--dry-run",
         "--results",
         str(workdir / "results.jsonl"),
