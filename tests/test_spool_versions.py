@@ -194,24 +194,3 @@ def test_snsd_admin_refuses_a_newer_spool_too(tmp_path, capsys):
     assert main(["--spool", path, "spool", "stats"]) == EXIT_USAGE
     assert f"cannot use the spool {path}: its layout is version {spool_schema.VERSION + 1}" in capsys.readouterr().err
     assert Path(path).read_bytes() == before
-
-
-@pytest.mark.process
-def test_the_daemon_refuses_a_newer_spool_with_one_line_and_exit_1(tmp_path):
-    import subprocess
-
-    from tests.process_helpers import TWISTD
-
-    path = newer_spool(tmp_path)
-    before = Path(path).read_bytes()
-    run = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "snsd", "--dry-run", "--no-verify-signatures", "--spool", path,
-         "--job", "snsd.jobs.head:head_object", "--port", "tcp:0:interface=127.0.0.1",
-         "--admin-port", "tcp:0:interface=127.0.0.1"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
-    )  # fmt: skip
-    assert run.returncode == 1
-    (line,) = [line for line in run.stdout.splitlines() if "critical" in line]
-    assert f"cannot open the spool {path}: its layout is version {spool_schema.VERSION + 1}" in line
-    assert "Traceback" not in run.stdout + run.stderr
-    assert Path(path).read_bytes() == before
