@@ -9,9 +9,12 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from kubernetes_validate.utils import all_versions, major_minor, schema_contents
+from referencing import Registry, Resource
 
 from snsd.config import SETTINGS, SNSDOptions
 from snsd.ops import ADMIN_PATHS, HEALTH_PATHS, OpsRoutes
@@ -131,6 +134,27 @@ def test_kubernetes_validate_knows_no_servicemonitor_so_it_is_checked_for_consis
     monitor = one(documents, "ServiceMonitor")
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         kubernetes_validate.validate(monitor, KUBERNETES_VERSION, strict=True)
+
+
+def validate_as(value, definition: str) -> None:
+    """``value`` against one of the API's own type schemas (``objectmeta-meta-v1``...), strictly."""
+    # The schema release kubernetes_validate.validate picks for KUBERNETES_VERSION.
+    release = [v for v in all_versions() if major_minor(v) == KUBERNETES_VERSION][-1]
+    folder = f"kubernetes-json-schema/v{release}-local-strict"
+    schema = schema_contents(f"{folder}/{definition}.json", KUBERNETES_VERSION)
+    registry = Resource.from_contents(schema_contents(f"{folder}/_definitions.json", KUBERNETES_VERSION)) @ (
+        Resource.from_contents(schema) @ Registry()
+    )
+    jsonschema.Draft202012Validator(schema, registry=registry).validate(value)
+
+
+def test_the_servicemonitors_metadata_and_selector_are_valid_kubernetes_types(documents):
+    # The parts of a ServiceMonitor that are core Kubernetes types; its endpoints are not checked.
+    monitor = one(documents, "ServiceMonitor")
+    validate_as(monitor["metadata"], "objectmeta-meta-v1")
+    validate_as(monitor["spec"]["selector"], "labelselector-meta-v1")
+    with pytest.raises(jsonschema.ValidationError):
+        validate_as({"matchLabel": {"app": "x"}}, "labelselector-meta-v1")
 
 
 def test_the_validator_refuses_an_unknown_field_and_a_wrong_type(statefulset):
