@@ -111,7 +111,15 @@ async def main(args, extra) -> None:
     sys.path.insert(0, str(directory))
     options = SNSDOptions()
     options.parseOptions(
-        ["--port", "tcp:0:interface=127.0.0.1", "--dry-run", "--results", str(directory / "results.jsonl")]
+        [
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--admin-port",
+            "tcp:0:interface=127.0.0.1",
+            "--dry-run",
+            "--results",
+            str(directory / "results.jsonl"),
+        ]
         + ["--spool", str(directory / "spool.sqlite3"), "--topic-arn", TOPIC, "--job", "bench_jobs:trivial"]
         + ["--trusted-host", cert.trusted_host, *extra]
     )

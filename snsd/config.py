@@ -174,6 +174,21 @@ SETTINGS = (
         "Listening endpoint: a port number or a Twisted server endpoint string.",
         endpoint,
     ),
+    Setting(
+        "admin-port",
+        "SNSD_ADMIN_PORT",
+        "tcp:9090:interface=127.0.0.1",
+        "Listening endpoint of the admin routes (/breaker, /metrics, health); keep it on a private interface.",
+        endpoint,
+    ),
+    Setting(
+        "admin-on-main-port",
+        "SNSD_ADMIN_ON_MAIN_PORT",
+        False,
+        "Serve the admin routes on --port instead, open to whoever reaches it: development only.",
+        boolean,
+        "flag",
+    ),
     Setting("workers", "SNS_WORKER_MAX", 10, "Worker threads: the most jobs that run at once.", positive),
     Setting(
         "job-processes",
@@ -325,6 +340,8 @@ class Settings:
     The defaults are the options' defaults, so a test can build ``Settings(dry_run=True, ...)``."""
 
     port: str = "tcp:8080"
+    admin_port: str = "tcp:9090:interface=127.0.0.1"
+    admin_on_main_port: bool = False
     workers: int = 10
     job_processes: int = 0  # resolved from --job-processes (one per core by default)
     job_nice: int = 19
@@ -399,6 +416,12 @@ class SNSDOptions(usage.Options):
             "Do not verify SNS signatures: local experiments only. [SNSD_VERIFY_SIGNATURES=0]",
         ],
         ["allow-raw-delivery", None, "Accept unsigned raw message deliveries. [SNSD_ALLOW_RAW_DELIVERY]"],
+        [
+            "admin-on-main-port",
+            None,
+            "Serve the admin routes (/breaker, /metrics) on --port instead of --admin-port, open to whoever "
+            "reaches it: development only. [SNSD_ADMIN_ON_MAIN_PORT]",
+        ],
     ]
     optParameters = [
         [s.flag, None, None, f"{s.help} [{s.env}]{_describe_default(s)}", _named(f"--{s.flag}", s.coerce)]

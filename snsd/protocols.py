@@ -13,7 +13,7 @@ and run against each implementation through one fixture.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -53,9 +53,6 @@ class Spool(Protocol):
 
     path: str
     in_memory: bool  # nothing survives the process: a drain must account for every record
-    # Called at the start of each commit, so the caller can add operations that should see that
-    # commit's writes in the same transaction (the dispatcher's claim).  None: nothing to call.
-    before_flush: Callable[[], object] | None
 
     def open(self, dedup_ttl: float = 3600.0) -> Deferred[Recovery]:
         """Open the storage; ``dedup_ttl`` is how long an accepted MessageId is remembered by default."""

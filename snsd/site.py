@@ -14,7 +14,7 @@ from twisted.web.server import Request, Site
 
 from snsd import metrics
 from snsd.logs import Logger
-from snsd.web import DEFAULT_MAX_BODY, SNSEndpoint
+from snsd.web import DEFAULT_MAX_BODY
 
 log = Logger()
 
@@ -90,11 +90,11 @@ class QuietSite(Site):
         pass
 
 
-def make_site(endpoint: SNSEndpoint) -> Site:
-    request_factory = type("SNSDRequest", (LimitedRequest,), {"max_body": endpoint.max_body})
+def make_site(resource, max_body: int = DEFAULT_MAX_BODY) -> Site:
+    request_factory = type("SNSDRequest", (LimitedRequest,), {"max_body": max_body})
     # SNS posts JSON as text/plain: never a form.  Twisted would otherwise parse every POST's
     # Content-Type with the email package, which costs more than verifying the signature.
-    site = QuietSite(endpoint.resource(), requestFactory=request_factory, parsePOSTFormSubmission=False)
+    site = QuietSite(resource, requestFactory=request_factory, parsePOSTFormSubmission=False)
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -126,9 +126,6 @@ class SQLiteSpool:
         self._flush_call = None
         self._since_checkpoint = 0
         self._checkpointing = False
-        # Called at the start of each group commit, so it can add operations that should see
-        # this batch's writes in the same transaction (the dispatcher's claim).
-        self.before_flush = None
         self.last_checkpoint: Deferred | None = None  # for tests: fires with (busy, wal frames, copied)
         self.commits = 0  # for tests and benchmarks: how many transactions ran
         self._dedup_ttl = 3600.0  # set by open()
@@ -340,10 +337,8 @@ class SQLiteSpool:
 
     def _flush(self) -> list[Deferred]:
         """Run the queued operations in one transaction; fire their Deferreds once it commits."""
-        if self.before_flush is not None and not self._inline:
-            self.before_flush()
         if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()  # what the hook added joins this batch
+            self._flush_call.cancel()  # called directly (close): the scheduled flush would find nothing
         self._flush_call = None
         batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
         if self._queued:

@@ -259,6 +259,8 @@ class TestAgainstLocalStack:
             "SNSD_TEST_JOB_SECONDS": "4",
             "SNS_WORKER_MAX": "2",
             "SNSD_DRAIN_TIMEOUT_SECONDS": "20",
+            # /metrics is read on the published main port below; it is on the admin listener otherwise.
+            "SNSD_ADMIN_ON_MAIN_PORT": "1",
         }
         mounts = [(jobs, "/opt/snsd-test-jobs")]
         first = containers(snsd_image.tag, data, *args, env=env, mounts=mounts)

@@ -22,7 +22,7 @@ class CountingTransport(StringTransport):
 
 
 def test_a_connection_asks_for_its_address_once_whatever_the_number_of_requests(tmp_path):
-    site = make_site(Snsd(tmp_path).endpoint)
+    site = make_site(Snsd(tmp_path).daemon.http.factory.resource)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = CountingTransport()
     channel.makeConnection(transport)
@@ -36,7 +36,7 @@ def test_a_connection_asks_for_its_address_once_whatever_the_number_of_requests(
 
 
 def test_answers_carry_their_length_and_are_not_chunked(tmp_path):
-    site = make_site(Snsd(tmp_path).endpoint)
+    site = make_site(Snsd(tmp_path).daemon.http.factory.resource)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
     channel.makeConnection(transport)
@@ -57,7 +57,7 @@ def connect(site):
 
 
 def test_a_declared_oversized_body_waiting_for_100_continue_gets_only_the_413(tmp_path):
-    channel, transport = connect(make_site(Snsd(tmp_path).endpoint))
+    channel, transport = connect(make_site(Snsd(tmp_path).daemon.http.factory.resource))
     channel.dataReceived(
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2000000\r\n"
         b"Expect: 100-continue\r\n\r\n"
@@ -70,7 +70,7 @@ def test_a_declared_oversized_body_waiting_for_100_continue_gets_only_the_413(tm
 
 
 def test_a_body_within_the_limit_still_gets_100_continue(tmp_path):
-    channel, transport = connect(make_site(Snsd(tmp_path).endpoint))
+    channel, transport = connect(make_site(Snsd(tmp_path).daemon.http.factory.resource))
     channel.dataReceived(
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
     )

@@ -159,7 +159,8 @@ def test_the_daemon_refuses_a_newer_spool_with_one_line_and_exit_1(tmp_path):
     before = Path(path).read_bytes()
     run = subprocess.run(
         [TWISTD, "-n", "--pidfile=", "snsd", "--dry-run", "--no-verify-signatures", "--spool", path,
-         "--job", "snsd.jobs.head:head_object", "--port", "tcp:0:interface=127.0.0.1"],
+         "--job", "snsd.jobs.head:head_object", "--port", "tcp:0:interface=127.0.0.1",
+         "--admin-port", "tcp:0:interface=127.0.0.1"],
         capture_output=True, text=True, cwd=tmp_path, timeout=60,
     )  # fmt: skip
     assert run.returncode == 1

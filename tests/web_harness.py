@@ -89,6 +89,7 @@ class Snsd:
         visibility_timeout=60,
         pool_factory=None,
         workers=4,
+        admin_on_main_port=False,
     ):
         self.clock = MemoryReactorClock()
         self.clock.advance(NOW.timestamp())
@@ -129,6 +130,7 @@ class Snsd:
             role=Role(role),
             queue=queue.url if queue is not None else None,
             visibility_timeout=visibility_timeout,
+            admin_on_main_port=admin_on_main_port,
         )
         self.daemon = build_daemon(
             self.clock,
@@ -154,17 +156,30 @@ class Snsd:
         self.accepted = self.daemon.dedup
         self.admission = self.endpoint.admission
         self.policy = getattr(self.admission, "policy", None)  # a worker has no admission policy
-        self.client = StubTreq(self.endpoint.resource())
+        # What the main port and the admin listener serve, as their Sites do.
+        self.client = StubTreq(self.daemon.http.factory.resource)
+        admin = self.daemon.admin_http
+        self.admin_client = StubTreq(admin.factory.resource) if admin is not None else self.client
         self.daemon.startService()
 
-    def request(self, method: str, path: str = "/", body: bytes | dict | None = None, headers: dict | None = None):
+    def request(
+        self,
+        method: str,
+        path: str = "/",
+        body: bytes | dict | None = None,
+        headers: dict | None = None,
+        *,
+        admin: bool = False,
+    ):
+        """One request to the main port, or with ``admin=True`` to the admin listener."""
+        client = self.admin_client if admin else self.client
         if isinstance(body, dict):
             body = json.dumps(body).encode()
         headers = {"Content-Type": ["text/plain; charset=UTF-8"], **{k: [v] for k, v in (headers or {}).items()}}
-        d = self.client.request(method, "http://snsd.test" + path, data=body, headers=headers)
+        d = client.request(method, "http://snsd.test" + path, data=body, headers=headers)
         self.flush()
         response = result_of(d)
-        content = self.client.content(response)
+        content = client.content(response)
         self.flush()
         raw = result_of(content)
         try:
@@ -176,10 +191,14 @@ class Snsd:
     def post(self, body, headers=None):
         return self.request("POST", "/", body, headers)
 
+    def admin(self, method: str, path: str, headers: dict | None = None):
+        return self.request(method, path, headers=headers, admin=True)
+
     def flush(self):
         for _ in range(3):
             self.aws_http.flush()
             self.client.flush()
+            self.admin_client.flush()
 
     def results(self):
         if not self.results_path.exists():
