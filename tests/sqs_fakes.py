@@ -37,6 +37,7 @@ class MemoryQueue:
         self.max_receive_count = max_receive_count
         self.dlq = dlq
         self.down = False
+        self.hang = False  # receives never answer
         self.refuse_ids: set[str] = set()  # send_batch entry ids to report as failed
         self.messages: dict[str, _Stored] = {}
         self.calls: list[str] = []
@@ -85,6 +86,8 @@ class MemoryQueue:
         if error:
             return fail(error)
         assert 1 <= max_messages <= BATCH, max_messages
+        if self.hang:
+            return Deferred()
         got = self._take(max_messages, visibility)
         if got or wait == 0:
             return succeed(got)

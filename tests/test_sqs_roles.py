@@ -163,11 +163,12 @@ def test_the_listener_refuses_with_503_only_past_max_pending(tmp_path):
 # -- the worker -----------------------------------------------------------------------------------
 
 
-def make_worker(tmp_path, job=None, *, workers=2, visibility=30, **kwargs):
+def make_worker(tmp_path, job=None, *, workers=2, visibility=30, hang=False, **kwargs):
     from twisted.internet.testing import MemoryReactorClock
 
     dlq = MemoryQueue(MemoryReactorClock(), url="memory://dlq")
     q = MemoryQueue(MemoryReactorClock(), url="memory://queue", max_receive_count=3, dlq=dlq)
+    q.hang = hang
     factory, pools = held_pools()
     snsd = Snsd(
         tmp_path,
@@ -257,9 +258,23 @@ def test_drain_stops_receiving_waits_for_running_jobs_and_releases_the_rest_at_o
 
 def test_a_drain_with_nothing_running_releases_a_message_received_meanwhile(tmp_path):
     snsd, q, _, pool = make_worker(tmp_path)
-    assert result_of(snsd.daemon.dispatcher.drain(10)) is True
-    q.put(record_body("late.csv"))  # the long poll in flight returns it after the drain began
+    drained = []
+    snsd.daemon.dispatcher.drain(10).addCallback(drained.append)
+    assert drained == []  # a long poll is in flight: what it returns must not stay hidden
+    q.put(record_body("late.csv"))  # it returns this after the drain began
+    assert drained == [True]
     assert pool.held == [] and len(q.visible()) == 1
+
+
+def test_a_drain_stops_waiting_for_a_long_poll_that_does_not_answer(tmp_path):
+    # Receives never answer (a connection that went quiet).
+    snsd, q, _, pool = make_worker(tmp_path, hang=True)
+    drained = []
+    snsd.daemon.dispatcher.drain(10).addCallback(drained.append)
+    snsd.clock.advance(24)
+    assert drained == []
+    snsd.clock.advance(1)  # the poll's 20 s and 5 s of grace
+    assert drained == [True]
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,8 @@ from snsd.sqs.queue import BATCH, LONG_POLL, QueueMessage
 
 log = Logger()
 
+# How much longer than its wait a long poll may take to answer before a drain stops waiting for it.
+RECEIVE_GRACE = 5
 # A failed job's message comes back after min(2 ** (receives - 1), visibility) seconds.
 MAX_RETRY_DELAY = 300
 
@@ -84,6 +86,7 @@ class QueueWorker(Service):
         self.jobs_running = 0
         self._held: dict[str, Held] = {}  # receipt handle -> message
         self._receiving = False
+        self._receive_waiters: list[Deferred] = []
         self._retry = None
         self._idle: list[Deferred] = []
         breaker.on_change(lambda state: self._poll())
@@ -112,7 +115,26 @@ class QueueWorker(Service):
         def release(all_done):
             return self._release_all().addBoth(lambda _: all_done)
 
-        return finished.addCallback(release)
+        # A long poll still in flight may yet return messages: they go back at once (in
+        # _received), rather than stay invisible for a timeout with this process gone.
+        return finished.addCallback(lambda all_done: self._receive_ended().addCallback(lambda _: all_done)).addCallback(
+            release
+        )
+
+    def _receive_ended(self) -> Deferred:
+        """Fires once no receive is in flight (at most LONG_POLL + RECEIVE_GRACE s from now)."""
+        if not self._receiving:
+            return succeed(None)
+        ended = Deferred()
+        self._receive_waiters.append(ended)
+        timer = self.clock.callLater(self.wait + RECEIVE_GRACE, lambda: ended.called or ended.callback(None))
+        return ended.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+
+    def _fire_receive_waiters(self, _=None) -> None:
+        waiters, self._receive_waiters = self._receive_waiters, []
+        for d in waiters:
+            if not d.called:
+                d.callback(None)
 
     def dead_letter_unstarted(self, reason: str) -> Deferred:
         return succeed(0)  # nothing is kept here: unfinished messages went back to the queue
@@ -135,6 +157,7 @@ class QueueWorker(Service):
 
     def _receive_failed(self, failure: Failure) -> None:
         self._receiving = False
+        self._fire_receive_waiters()
         metrics.SQS_RECEIVE_FAILURES.inc()
         delay = self.backoff.next()
         log.warn(
@@ -156,7 +179,7 @@ class QueueWorker(Service):
         metrics.SQS_RECEIVED.inc(len(messages))
         if self.draining:
             # The long poll was in flight when the drain began: these go straight back.
-            self._release([m.receipt_handle for m in messages], "draining")
+            self._release([m.receipt_handle for m in messages], "draining").addBoth(self._fire_receive_waiters)
             return
         for message in messages:
             if message.receive_count > 1:

@@ -46,7 +46,7 @@ def _ensure_queue(sqs, name: str, wanted: dict[str, str], actions: list[str]) ->
         url = sqs.create_queue(QueueName=name, Attributes=wanted)["QueueUrl"]
         actions.append(f"created queue {url}")
         return url
-    current = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(wanted))["Attributes"]
+    current = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(wanted)).get("Attributes", {})
     changed = {k: v for k, v in wanted.items() if _normal(k, current.get(k)) != _normal(k, v)}
     if changed:
         sqs.set_queue_attributes(QueueUrl=url, Attributes=changed)
@@ -93,7 +93,9 @@ def ensure_queues(
 def allow_sender(sqs, queue_url: str, queue_arn: str, sid: str, service: str, source_arn: str, actions: list[str]):
     """Let ``service`` (sns.amazonaws.com, s3.amazonaws.com) send to the queue from ``source_arn`` only;
     statements of other senders are kept."""
-    current = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["Policy"])["Attributes"].get("Policy")
+    current = (
+        sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["Policy"]).get("Attributes", {}).get("Policy")
+    )
     policy = json.loads(current) if current else {"Version": "2012-10-17", "Statement": []}
     statement = {
         "Sid": sid,
