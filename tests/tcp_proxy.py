@@ -61,6 +61,10 @@ class CuttableProxy:
     def cut(self) -> None:
         """Refuse new connections and break the open ones: the other side is gone."""
         if self._server is not None:
+            # shutdown first: close() alone does not wake a thread blocked in accept(), and the
+            # kernel would go on accepting connections on the socket it still holds.
+            with contextlib.suppress(OSError):
+                self._server.shutdown(socket.SHUT_RDWR)
             self._server.close()
             self._server = None
         with self._lock:

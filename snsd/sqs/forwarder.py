@@ -72,7 +72,7 @@ class Forwarder(Service):
 
     def start(self, recovery) -> None:
         self.pending = recovery.pending
-        metrics.OUTBOX_PENDING.set(self.pending)
+        self._publish_pending()
         self.ready = True
         if recovery.pending:
             log.info(
@@ -129,7 +129,7 @@ class Forwarder(Service):
             if ids is None:
                 self.pending -= len(records)
                 raise AlreadyAccepted(envelope.message_id)
-            metrics.OUTBOX_PENDING.set(self.pending)
+            self._publish_pending()
             self._pump()
             return ids
 
@@ -157,6 +157,10 @@ class Forwarder(Service):
         ).addCallback(kept)
 
     # -- forwarding ----------------------------------------------------------------------------
+
+    def _publish_pending(self) -> None:
+        metrics.OUTBOX_PENDING.set(self.pending)
+        metrics.SPOOL_PENDING.set(self.pending)  # a listener's spool holds just these; the activity line reads it
 
     def next_try(self) -> float | None:
         """When the next send is tried after a failure (clock seconds), or None if none waits."""
@@ -197,7 +201,7 @@ class Forwarder(Service):
         if sent:
             self.pending = max(0, self.pending - len(sent))
             metrics.FORWARDED.inc(len(sent))
-            metrics.OUTBOX_PENDING.set(self.pending)
+            self._publish_pending()
             self.spool.complete(*sorted(sent)).addErrback(
                 lambda f: log.failure("could not complete forwarded records; they will be sent again", f)
             )
