@@ -19,7 +19,6 @@ import os
 import sqlite3
 import sys
 import time
-from datetime import UTC, datetime
 
 from twisted.python import usage
 
@@ -28,12 +27,9 @@ from snsd.config import SNSDOptions
 from snsd.results import run_job
 from snsd.sinks import make_sink
 from snsd.spool import SpoolVersionError, fail_dead_letter_again, list_dead_letters, resolve_dead_letter
+from snsd.timestamps import iso
 
 EXIT_USAGE = 2
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _open(path: str) -> sqlite3.Connection:
@@ -75,7 +71,7 @@ def list_command(conn, args, out) -> int:
             d.reason,
             " ".join((d.error or "-").split()),
             str(d.attempts),
-            _iso(d.failed_at),
+            iso(d.failed_at, "seconds"),
         )
         for d in letters
     ]
@@ -104,7 +100,7 @@ def export_command(conn, args, out) -> int:
                         "envelope": envelope,
                         "reason": d.reason,
                         "error": d.error,
-                        "failed_at": _iso(d.failed_at),
+                        "failed_at": iso(d.failed_at, "seconds"),
                         "attempts": d.attempts,
                     },
                     ensure_ascii=False,
@@ -172,7 +168,7 @@ def stats_command(conn, args, out) -> int:
         ).fetchall()
     print(f"records owed a result: {pending}", file=out)
     if oldest is not None:
-        print(f"  oldest spooled at {_iso(oldest)}", file=out)
+        print(f"  oldest spooled at {iso(oldest, 'seconds')}", file=out)
     print(f"remembered message ids: {messages}", file=out)
     print(f"dead letters: {sum(n for _, n in by_reason)}", file=out)
     for reason, count in by_reason:
@@ -180,7 +176,7 @@ def stats_command(conn, args, out) -> int:
     if recent:
         print(f"most recent message ids (up to {args.recent}):", file=out)
         for message_id, accepted_at in recent:
-            print(f"  {_iso(accepted_at)}  {message_id}", file=out)
+            print(f"  {iso(accepted_at, 'seconds')}  {message_id}", file=out)
     return 0
 
 

@@ -29,7 +29,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY
 from twisted.application.internet import TimerService
@@ -45,6 +44,8 @@ from twisted.logger import (
 from twisted.logger import Logger as _TwistedLogger
 from twisted.python.components import Componentized
 from zope.interface import implementer
+
+from snsd.timestamps import iso
 
 TEXT, JSON = "text", "json"
 FORMATS = (TEXT, JSON)
@@ -91,10 +92,6 @@ def drop_levels_below(level: LogLevel | None) -> None:
         _dropped_levels.update(other for other in LogLevel.iterconstants() if other < level)
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _jsonable(value):
     if value is None or isinstance(value, bool | int | float | str):
         return value
@@ -115,7 +112,7 @@ def event_as_dict(event: dict) -> dict:
         # twisted.python.log messages (port open/closed): their "system" is the closest thing.
         namespace = event.get("log_system") or event.get("system") or "-"
     out = {
-        "time": _iso(event.get("log_time") or event.get("time") or 0.0),
+        "time": iso(event.get("log_time") or event.get("time") or 0.0),
         "level": level.name,
         "namespace": namespace,
         "message": formatEvent(event),
