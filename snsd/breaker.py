@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from snsd import metrics
+from snsd.logs import Logger
 from snsd.timestamps import iso
 
 log = Logger()

@@ -74,7 +74,8 @@ class Logger(_TwistedLogger):
 
     The filter drops them too, but only after ``emit`` has built the event and the publisher
     has passed it on: about 5 microseconds per per-message ``debug`` line on the request path,
-    where this costs one set lookup.  Used by the modules that log per message.
+    where this costs one set lookup.  Every snsd module logs through it, so there is one
+    ``Logger`` in use (tests may use twisted.logger's, which this only extends).
     """
 
     def emit(self, level, format=None, **kwargs):
@@ -365,7 +366,7 @@ class TwistdLogging(MultiService):
         if self.throttle is not None:
             self.throttle.flush(interval)
         if self._summary is None:  # the first tick, as the service starts: counting starts here
-            self._summary = ActivitySummary(_TwistedLogger(namespace="snsd.activity"))
+            self._summary = ActivitySummary(Logger(namespace="snsd.activity"))
         else:
             self._summary.tick(interval)
 
