@@ -334,8 +334,6 @@ SETTINGS = (
     Setting("log-format", "SNSD_LOG_FORMAT", "text", "Log format on stdout: text or json.", log_format),
 )
 
-BY_FLAG = {s.flag: s for s in SETTINGS}
-
 
 @dataclass(frozen=True)
 class Settings:
