@@ -85,7 +85,6 @@ async def main(args) -> None:
     dispatcher.start(await spool.open())
     if args.no_jobs:
         dispatcher._pump = lambda: None
-        spool.before_flush = None
     await drive(dispatcher, messages[:WARMUP], args.k, not args.no_jobs)
     cpu, wall, commits = time.thread_time(), time.perf_counter(), spool.commits
     await drive(dispatcher, messages[WARMUP:], args.k, not args.no_jobs)

@@ -63,6 +63,13 @@ def seconds(text) -> float:
     return value
 
 
+def positive_seconds(text) -> float:
+    value = seconds(text)
+    if value == 0:
+        raise ValueError(f"must be a number of seconds > 0, not {text!r}")
+    return value
+
+
 def boolean(text) -> bool:
     if isinstance(text, bool):
         return text
@@ -163,6 +170,43 @@ SETTINGS = (
         "tcp:8080",
         "Listening endpoint: a port number or a Twisted server endpoint string.",
         endpoint,
+    ),
+    Setting(
+        "admin-port",
+        "SNSD_ADMIN_PORT",
+        "tcp:9090:interface=127.0.0.1",
+        "Listening endpoint of the admin routes (/breaker, /metrics, health); keep it on a private interface.",
+        endpoint,
+    ),
+    Setting(
+        "admin-on-main-port",
+        "SNSD_ADMIN_ON_MAIN_PORT",
+        False,
+        "Serve the admin routes on --port instead, open to whoever reaches it: development only.",
+        boolean,
+        "flag",
+    ),
+    Setting(
+        "request-deadline",
+        "SNSD_REQUEST_DEADLINE_SECONDS",
+        30.0,
+        "Seconds a request may take to arrive whole (headers and body) from its first byte; then 408.",
+        positive_seconds,
+    ),
+    Setting(
+        "max-connections",
+        "SNSD_MAX_CONNECTIONS",
+        None,
+        "Open connections on --port (default: the descriptor limit less 100, at most 10000); at the cap "
+        "a new one replaces the connection waiting longest for its request.",
+        positive,
+    ),
+    Setting(
+        "max-connections-per-peer",
+        "SNSD_MAX_CONNECTIONS_PER_PEER",
+        0,
+        "Open connections from one client address; 0: no cap (behind a load balancer, all come from it).",
+        non_negative,
     ),
     Setting("workers", "SNS_WORKER_MAX", 10, "Worker threads: the most jobs that run at once.", positive),
     Setting(
@@ -300,6 +344,11 @@ class Settings:
     The defaults are the options' defaults, so a test can build ``Settings(dry_run=True, ...)``."""
 
     port: str = "tcp:8080"
+    admin_port: str = "tcp:9090:interface=127.0.0.1"
+    admin_on_main_port: bool = False
+    request_deadline: float = 30.0
+    max_connections: int = 1000  # resolved from --max-connections (from the descriptor limit by default)
+    max_connections_per_peer: int = 0
     workers: int = 10
     job_processes: int = 0  # resolved from --job-processes (one per core by default)
     job_nice: int = 19
@@ -371,6 +420,12 @@ class SNSDOptions(usage.Options):
             "Do not verify SNS signatures: local experiments only. [SNSD_VERIFY_SIGNATURES=0]",
         ],
         ["allow-raw-delivery", None, "Accept unsigned raw message deliveries. [SNSD_ALLOW_RAW_DELIVERY]"],
+        [
+            "admin-on-main-port",
+            None,
+            "Serve the admin routes (/breaker, /metrics) on --port instead of --admin-port, open to whoever "
+            "reaches it: development only. [SNSD_ADMIN_ON_MAIN_PORT]",
+        ],
     ]
     optParameters = [
         [s.flag, None, None, f"{s.help} [{s.env}]{_describe_default(s)}", _named(f"--{s.flag}", s.coerce)]
@@ -459,7 +514,19 @@ class SNSDOptions(usage.Options):
         typed["job"] = job
         typed["builtin_job"] = v["job"] is None
         typed["job_processes"] = (os.cpu_count() or 1) if v["job-processes"] is None else v["job-processes"]
+        if v["max-connections"] is None:
+            typed["max_connections"] = default_max_connections()
         return Settings(**typed)
+
+
+def default_max_connections() -> int:
+    """The descriptor limit less 100 (the spool, logs, outbound connections, pipes), at most 10000."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(16, min(soft - 100, 10_000))
 
 
 def _check_writable_file(name: str, path: str) -> None:

@@ -9,7 +9,8 @@
       ├── dispatcher        Dispatcher: spool -> breaker -> pool -> sink -> spool
       ├── signature-checks  SignatureChecks: RSA checks in a thread, a reactor turn at a time
       ├── pruning           TimerService: forgets accepted MessageIds older than --dedup-ttl
-      └── http              Listener(Site(SNSEndpoint))
+      ├── http              Listener(Site(SNSEndpoint + /healthz, /readyz))
+      └── admin-http        Listener(Site(OpsRoutes)) on --admin-port (none with --admin-on-main-port)
 
 ``MultiService`` would stop its children all at once; a graceful drain needs an order:
 refuse new work, let running jobs finish (bounded), stop listening, close the spool, stop
@@ -33,10 +34,11 @@ from snsd.config import Settings
 from snsd.dispatcher import BATCH_WAIT, Dispatcher
 from snsd.exitsignal import exit_cleanly_after_sigterm
 from snsd.logs import Logger
+from snsd.ops import OpsRoutes, main_port_resource
 from snsd.pool import WorkerPool
 from snsd.services import ClosingService, Listener, SpoolService
 from snsd.sinks import make_sink
-from snsd.site import make_site
+from snsd.site import Connections, make_site
 from snsd.spool import SQLiteSpool
 from snsd.trust.certs import CertificateStore, load_certificate_dir
 from snsd.trust.confirm import SubscriptionConfirmer
@@ -49,6 +51,9 @@ from snsd.trust.verifier import MessageVerifier
 from snsd.web import SNSEndpoint
 
 log = Logger()
+
+# Open connections on the admin listener.
+ADMIN_MAX_CONNECTIONS = 32
 
 # How often accepted MessageIds older than --dedup-ttl are forgotten by the spool.
 PRUNE_INTERVAL = 300.0
@@ -67,6 +72,7 @@ class SNSDaemon(MultiService):
         pool,
         breaker: CircuitBreaker,
         http: Listener,
+        admin_http: Listener | None,
         checks: SignatureChecks | None,
         sink,
         job,
@@ -82,6 +88,7 @@ class SNSDaemon(MultiService):
         self.pool = pool
         self.breaker = breaker
         self.http = http
+        self.admin_http = admin_http
         self.checks = checks
         self.sink = sink
         self.dedup = dedup
@@ -95,18 +102,27 @@ class SNSDaemon(MultiService):
         self.pruning.setName("pruning")
         children = (self.spool_service, breaker, pool, self.job_service, self.sink_service, dispatcher)
         children += (checks,) if checks is not None else ()
-        for service in (*children, self.pruning, http):
+        children += (self.pruning, http)
+        children += (admin_http,) if admin_http is not None else ()
+        for service in children:
             service.setServiceParent(self)
 
     def privilegedStartService(self):
         # twistd binds before anything starts (and before it drops privileges).  A port it cannot
         # have ends the start here, with nothing else running, and twistd exits 1: a daemon that
         # ran on without listening would look healthy to its supervisor and take nothing.
-        try:
-            MultiService.privilegedStartService(self)
-        except CannotListenError as e:
-            log.critical("cannot listen on {port}: {error}", port=self.settings.port, error=e.socketError)
-            raise
+        for listener in self._listeners():
+            try:
+                listener.privilegedStartService()
+            except CannotListenError as e:
+                log.critical("cannot listen on {port}: {error}", port=listener.description, error=e.socketError)
+                for bound in self._listeners():
+                    bound.stopService()
+                raise
+        Service.privilegedStartService(self)
+
+    def _listeners(self) -> tuple[Listener, ...]:
+        return (self.http,) if self.admin_http is None else (self.http, self.admin_http)
 
     def startService(self):
         if self.http.port is None:  # started without twistd, which binds first
@@ -118,6 +134,15 @@ class SNSDaemon(MultiService):
         # With a port of 0 the kernel picks one: say which, so scripts and tests can find it.
         address = self.http.port.getHost()
         log.info("listening on {host}:{port}", host=getattr(address, "host", address), port=getattr(address, "port", 0))
+        if self.admin_http is not None:
+            address = self.admin_http.port.getHost()
+            log.info(
+                "admin routes on {host}:{port}",
+                host=getattr(address, "host", address),
+                port=getattr(address, "port", 0),
+            )
+        else:
+            log.warn("--admin-on-main-port: /breaker and /metrics are open on the main port (development only)")
         opened = self.spool_service.opened
         opened.addCallback(self._recovered)
         opened.addErrback(lambda f: log.failure("could not open the spool {path}", f, path=self.spool.path))
@@ -136,7 +161,7 @@ class SNSDaemon(MultiService):
             return None
         # A TimerService whose call fails stops for good: one locked or full disk would end pruning,
         # and the messages table would grow for the rest of the process's life.
-        return self.spool.prune(self.settings.dedup_ttl).addErrback(
+        return self.spool.prune().addErrback(
             lambda f: log.failure("pruning the spool failed; trying again in {interval:g}s", f, interval=PRUNE_INTERVAL)
         )
 
@@ -184,6 +209,7 @@ class SNSDaemon(MultiService):
         # The one stop order; each child is stopped once, here.
         for what, stop in (
             ("closing the HTTP port", self.http.stopService),
+            ("closing the admin port", self.admin_http.stopService if self.admin_http is not None else None),
             ("stopping the signature checks", self.checks.stopService if self.checks is not None else None),
             ("closing the spool", self.spool_service.stopService),
             ("stopping the worker pool", stop_pool),
@@ -308,14 +334,29 @@ def build_daemon(
     endpoint = SNSEndpoint(
         verifier=verifier,
         admission=admission,
-        readiness=Readiness(pool, dispatcher),
-        breaker=breaker,
         clock=clock,
         max_body=settings.max_body,
         basic_auth=settings.basic_auth,
         allow_raw_delivery=settings.allow_raw_delivery,
     )
-    http = Listener("http", serverFromString(reactor, settings.port), make_site(endpoint), settings.port)
+    ops = OpsRoutes(breaker=breaker, readiness=Readiness(pool, dispatcher), basic_auth=settings.basic_auth)
+    main = main_port_resource(endpoint, ops, admin_on_main_port=settings.admin_on_main_port)
+    connections = Connections(
+        clock,
+        deadline=settings.request_deadline,
+        max_total=settings.max_connections,
+        max_per_peer=settings.max_connections_per_peer,
+    )
+    site = make_site(main, settings.max_body, connections, clock=clock)
+    http = Listener("http", serverFromString(reactor, settings.port), site, settings.port)
+    admin_http = None
+    if not settings.admin_on_main_port:
+        # Loopback operators and Prometheus: a small cap of its own, outside --max-connections.
+        admin_connections = Connections(clock, deadline=settings.request_deadline, max_total=ADMIN_MAX_CONNECTIONS)
+        admin_site = make_site(ops.resource(), connections=admin_connections, clock=clock)
+        admin_http = Listener(
+            "admin-http", serverFromString(reactor, settings.admin_port), admin_site, settings.admin_port
+        )
     return SNSDaemon(
         settings=settings,
         reactor=reactor,
@@ -326,6 +367,7 @@ def build_daemon(
         pool=pool,
         breaker=breaker,
         http=http,
+        admin_http=admin_http,
         checks=checks,
         sink=sink,
         job=job,

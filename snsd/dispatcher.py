@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from snsd import metrics
 from snsd.admission import AlreadyAccepted, Backpressure, BreakerPolicy
+from snsd.batching import BATCH_WAIT, ShortJobBatches
 from snsd.breaker import CircuitBreaker, State
 from snsd.envelope import SNSEnvelope
 from snsd.logs import Logger
@@ -25,28 +26,6 @@ log = Logger()
 __all__ = ["AlreadyAccepted", "Backpressure", "Dispatcher"]
 
 CLAIM_RETRY = 1.0  # seconds before a failed claim is tried again
-
-# Sub-millisecond jobs gain nothing from running side by side: under the GIL they cannot, and
-# each extra busy thread makes the reactor wait for the GIL.  Handed to the pool one by one they
-# starve instead: every hand-off costs the reactor a claim, a thread wake-up and a callback, and
-# waits a reactor turn for each, which under ingest load takes milliseconds (bench/load.py, c=32:
-# 165 of 3000 jobs had run when the 3000 requests were answered).  So while recent jobs averaged
-# under SHORT_JOB, they go to the pool in batches, one batch at a time: one claim and one hand-off
-# for as many records as take about BATCH_SECONDS (at most BATCH_MAX), run one after another in
-# one worker thread.  A batch still running after LONG_JOB lifts the limit at once, so a slow job
-# holds up only the rest of its own batch.  Real data-quality jobs take far longer: one record
-# per hand-off, every worker busy.
-# A batch that is not full yet waits up to BATCH_WAIT for company, unless someone waits on a record
-# (--ack after-job, a drain): at low concurrency records arrive one or two per reactor turn, and a
-# pool call per record or two costs the reactor more than the job (bench/dispatch.py: ~50 us per
-# record in batches of two, ~20 in batches of ten).  5 ms: about 14 records a batch at concurrency
-# 4 (2 ms gave 5 or 6, and 6.5 % fewer requests/s; 10 ms measured the same as 5).  Nobody sees the
-# wait: SNS has its answer once the record is spooled.
-SHORT_JOB = 0.001
-BATCH_SECONDS = 0.005
-BATCH_MAX = 64
-BATCH_WAIT = 0.005
-LONG_JOB = 0.01
 
 
 class Dispatcher(Service):
@@ -75,14 +54,10 @@ class Dispatcher(Service):
         self.workers = workers
         self.policy = policy if policy is not None else BreakerPolicy(breaker)
         self.max_pending = max_pending
-        self.batch_wait = batch_wait
+        # Sub-millisecond jobs go to the pool in batches, one batch at a time (snsd/batching.py).
+        self.batches = ShortJobBatches(clock, self._pump, wait=batch_wait)
         self.pending = 0  # records spooled and not yet claimed (or reserved by an in-flight add)
         self._running_since: dict[int, float] = {}  # record id -> when its job started
-        self._handoffs = 0  # pool calls in flight, each running one record or a batch of short ones
-        self._fill_until: float | None = None  # when a batch that is not full stops waiting for company
-        self._fill_timer = None
-        self._job_seconds: float | None = None  # moving average of job durations
-        self._watchdog = None
         self.ready = False
         self.draining = False
         self._cursor = 0  # highest record id claimed since start
@@ -104,8 +79,6 @@ class Dispatcher(Service):
         self.pending = recovery.pending
         metrics.SPOOL_PENDING.set(self.pending)
         self.ready = True
-        # Claim in the same transaction as the messages a turn accepted: one commit, not two.
-        self.spool.before_flush = self._pump
         if recovery.pending:
             log.info("recovered {pending} spooled records; running them again", pending=recovery.pending)
         self._pump()
@@ -114,7 +87,7 @@ class Dispatcher(Service):
         """Stop starting jobs; fire with True once running jobs end, False at the timeout."""
         self.draining = True
         self.ready = False
-        self._stop_filling()  # nothing starts any more: no batch waits for company
+        self.batches.stop_holding()  # nothing starts any more: no batch waits for company
         if self.jobs_running == 0:
             return succeed(True)
         done = Deferred()
@@ -224,9 +197,11 @@ class Dispatcher(Service):
         if self._claiming or self.draining or not self.ready or self.pending <= 0:
             return
         # No more permits than records waiting: each unused one is acquired and released for nothing.
-        room = (self.concurrency() - self._handoffs) * self.batch_size()
+        room = self.batches.room(self.workers)
         free = min(room, self.pending)
-        if free <= 0 or self._filling(free < room):
+        # A batch may wait for company unless someone waits on a record or the breaker probes.
+        may_wait = not (self._waiters or self._idle) and self.breaker.state is State.CLOSED
+        if free <= 0 or self.batches.hold(free < room, may_wait):
             return
         permits = []
         while len(permits) < free:
@@ -239,25 +214,6 @@ class Dispatcher(Service):
                 self._claim(free, permits=None)
             return
         self._claim(len(permits), permits)
-
-    def _filling(self, not_full: bool) -> bool:
-        """True while a batch of short jobs that is not full waits for more records (see BATCH_WAIT)."""
-        waited_on = bool(self._waiters or self._idle)
-        if not_full and self.batch_wait and self._short_jobs() and not waited_on and self.breaker.state is State.CLOSED:
-            now = self.clock.seconds()
-            if self._fill_until is None:
-                self._fill_until = now + self.batch_wait
-                self._fill_timer = self.clock.callLater(self.batch_wait, self._pump)
-            if now < self._fill_until:
-                return True
-        self._stop_filling()
-        return False
-
-    def _stop_filling(self) -> None:
-        self._fill_until = None
-        if self._fill_timer is not None and self._fill_timer.active():
-            self._fill_timer.cancel()
-        self._fill_timer = None
 
     def _claim(self, limit: int, permits) -> None:
         self._claiming = True
@@ -279,7 +235,7 @@ class Dispatcher(Service):
                     self._skip_spooled(spooled)
             else:
                 started = list(zip(batch, permits, strict=False))
-                size = self.batch_size()
+                size = self.batches.size()
                 for i in range(0, len(started), size):
                     self._start(started[i : i + size])
                 for permit in permits[len(batch) :]:
@@ -305,39 +261,17 @@ class Dispatcher(Service):
         metrics.DEAD_LETTERS.labels(reason=reason).inc()
         self.spool.dead_letter(record_id, reason, error).addBoth(self._settled, [record_id], False)
 
-    def _short_jobs(self) -> bool:
-        return self._job_seconds is not None and self._job_seconds < SHORT_JOB
-
-    def concurrency(self) -> int:
-        """How many pool calls may run at once now: ``workers``, or one batch while jobs are sub-millisecond."""
-        return 1 if self._short_jobs() else self.workers
-
-    def batch_size(self) -> int:
-        """Records per pool call: one, or while jobs are sub-millisecond, about BATCH_SECONDS' worth."""
-        if not self._short_jobs():
-            return 1
-        return max(1, min(BATCH_MAX, int(BATCH_SECONDS / max(self._job_seconds, 1e-6))))
-
-    def _watch_for_long_jobs(self) -> None:
-        self._watchdog = None
-        now = self.clock.seconds()
-        if any(now - since >= LONG_JOB for since in self._running_since.values()):
-            self._job_seconds = max(self._job_seconds or 0.0, LONG_JOB)
-            self._pump()
-        elif self._running_since and self.concurrency() == 1:
-            self._watchdog = self.clock.callLater(LONG_JOB, self._watch_for_long_jobs)
-
     def _start(self, started: list[tuple[SpooledRecord, object]]) -> None:
         """Hand records (with their permits) to the pool in one call."""
         now = self.clock.seconds()
         for spooled, _ in started:
             self._running_since[spooled.id] = now
-        self._handoffs += 1
-        if self._watchdog is None and self.concurrency() == 1:
-            self._watchdog = self.clock.callLater(LONG_JOB, self._watch_for_long_jobs)
+        token = self.batches.handed_off()
         metrics.JOBS_RUNNING.inc(len(started))
         d = self.pool.submit(self._run_in_thread, [spooled for spooled, _ in started])
-        d.addCallbacks(self._handed_back, self._lost_in_pool, callbackArgs=(started,), errbackArgs=(started,))
+        d.addCallbacks(
+            self._handed_back, self._lost_in_pool, callbackArgs=(started, token), errbackArgs=(started, token)
+        )
 
     def _run_in_thread(self, batch: list[SpooledRecord]) -> list:
         """Run each record's job and record its result; in a worker thread.
@@ -363,8 +297,8 @@ class Dispatcher(Service):
                 outcomes.append(line)
         return outcomes
 
-    def _handed_back(self, outcomes: list, started) -> None:
-        self._handoffs -= 1
+    def _handed_back(self, outcomes: list, started, token: int) -> None:
+        self.batches.handed_back(token)
         succeeded = []
         for (spooled, permit), outcome in zip(started, outcomes, strict=True):
             if isinstance(outcome, Failure):
@@ -378,9 +312,9 @@ class Dispatcher(Service):
             self.spool.complete(*succeeded, lazy=lazy).addBoth(self._settled, succeeded, True)
         self._pump()  # the worker is free now, whenever the spool update commits
 
-    def _lost_in_pool(self, failure: Failure, started) -> None:
+    def _lost_in_pool(self, failure: Failure, started, token: int) -> None:
         # The pool call itself failed (not a job: run_job catches those): every record in it.
-        self._handoffs -= 1
+        self.batches.handed_back(token)
         for spooled, permit in started:
             self._crashed(failure, spooled, permit)
         self._pump()
@@ -391,7 +325,7 @@ class Dispatcher(Service):
         metrics.JOBS_RUNNING.dec()
         seconds = line["duration_ms"] / 1000
         metrics.JOB_DURATION.observe(seconds)
-        self._job_seconds = seconds if self._job_seconds is None else 0.8 * self._job_seconds + 0.2 * seconds
+        self.batches.finished(seconds)
         verdict = verdict_of(line)
         metrics.jobs(line["status"], verdict).inc()
         if line["status"] == "ok":

@@ -13,7 +13,7 @@ and run against each implementation through one fixture.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -53,9 +53,6 @@ class Spool(Protocol):
 
     path: str
     in_memory: bool  # nothing survives the process: a drain must account for every record
-    # Called at the start of each commit, so the caller can add operations that should see that
-    # commit's writes in the same transaction (the dispatcher's claim).  None: nothing to call.
-    before_flush: Callable[[], object] | None
 
     def open(self, dedup_ttl: float = 3600.0) -> Deferred[Recovery]:
         """Open the storage; ``dedup_ttl`` is how long an accepted MessageId is remembered by default."""
@@ -97,8 +94,8 @@ class Spool(Protocol):
     def dead_letter_remaining(self, after_id: int, reason: str) -> Deferred[list[tuple[int, str, str]]]:
         """Dead-letter every record with id > ``after_id``; fire with ``(id, message_id, record JSON)`` of each."""
 
-    def prune(self, ttl: float) -> Deferred[int]:
-        """Forget MessageIds no longer to be remembered; fire with how many were forgotten."""
+    def prune(self) -> Deferred[int]:
+        """Forget the MessageIds whose ``remember_until`` has passed; fire with how many were forgotten."""
 
     def counts(self) -> Deferred[dict[str, int]]:
         """``{"records": records owed a result, "dead_letters": dead letters kept}``."""

@@ -1,4 +1,4 @@
-"""The HTTP surface: the SNS endpoint, admin and health routes.
+"""The SNS endpoint: HTTP in, trust checks and admission, HTTP out (the operator's routes: :mod:`snsd.ops`).
 
 The endpoint reads a request, has the trust checks verify its envelope, hands it to
 :class:`snsd.admission.Admission`, and maps the :class:`~snsd.admission.Outcome` to a status,
@@ -18,7 +18,7 @@ import orjson
 from klein import Klein
 
 from snsd import metrics
-from snsd.admission import Admission, Kind, Outcome, Readiness
+from snsd.admission import Admission, Kind, Outcome
 from snsd.envelope import BadEnvelope, SNSEnvelope, parse_envelope, raw_delivery_envelope
 from snsd.logs import Logger
 from snsd.trust.errors import TrustError
@@ -47,8 +47,6 @@ class SNSEndpoint:
         *,
         verifier,
         admission: Admission,
-        readiness: Readiness,
-        breaker,
         clock,
         max_body: int = DEFAULT_MAX_BODY,
         basic_auth: str | None = None,
@@ -56,8 +54,6 @@ class SNSEndpoint:
     ):
         self.verifier = verifier
         self.admission = admission
-        self.readiness = readiness
-        self.breaker = breaker
         self.clock = clock
         self.max_body = max_body
         self._basic_auth = basic_auth.encode("utf-8") if basic_auth else None
@@ -98,11 +94,11 @@ class SNSEndpoint:
                 status=status,
                 reason=refused.reason,
                 message_type=message_type,
-                peer=_peer(request),
+                peer=peer_of(request),
             )
         metrics.requests(message_type, status).inc()
         metrics.REQUEST_LATENCY.observe(self.clock.seconds() - started)
-        return _json(request, status, answer, headers)
+        return json_answer(request, status, answer, headers)
 
     def _raw_delivery(self, request, body: bytes) -> SNSEnvelope:
         if not self.allow_raw_delivery:
@@ -122,84 +118,19 @@ class SNSEndpoint:
         )
         return envelope
 
-    # -- admin and health ------------------------------------------------------------------
-
-    @app.route("/breaker", methods=["GET"])
-    def breaker_state(self, request):
-        self._admin(request)
-        return _json(request, 200, self.breaker.snapshot())
-
-    @app.route("/breaker/reset", methods=["POST", "GET"])
-    def breaker_reset(self, request):
-        self._admin(request)
-        self.breaker.reset()
-        log.info("breaker reset by {peer}", peer=_peer(request))
-        return _json(request, 200, self.breaker.snapshot())
-
-    @app.route("/breaker/open", methods=["POST"])
-    def breaker_open(self, request):
-        self._admin(request)
-        self.breaker.force_open()
-        log.info("breaker forced open by {peer}", peer=_peer(request))
-        return _json(request, 200, self.breaker.snapshot())
-
-    @app.route("/healthz", methods=["GET"])
-    def healthz(self, request):
-        return _json(request, 200, {"status": "alive"})
-
-    @app.route("/readyz", methods=["GET"])
-    def readyz(self, request):
-        checks = self.readiness.checks()
-        ready = self.readiness.ready(checks)
-        return _json(request, 200 if ready else 503, {"status": "ready" if ready else "unready", **checks})
-
-    @app.route("/metrics", methods=["GET"])
-    def metrics_route(self, request):
-        self._admin(request)
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        request.setHeader("Content-Type", CONTENT_TYPE_LATEST)
-        return generate_latest()
-
     @app.handle_errors(Refused)
     def refused(self, request, failure):
         refused = failure.value
-        return _json(request, refused.status, refused.body, refused.headers)
+        return json_answer(request, refused.status, refused.body, refused.headers)
 
     @app.handle_errors(Exception)
     def unexpected(self, request, failure):
-        from werkzeug.exceptions import HTTPException
-
-        if isinstance(failure.value, HTTPException):
-            code = failure.value.code or 500
-            # Keep the exception's own headers (a 405's Allow, which RFC 9110 requires), not its
-            # HTML Content-Type: the body is ours, JSON.
-            headers = {name: value for name, value in failure.value.get_headers() if name.lower() != "content-type"}
-            return _json(request, code, {"error": failure.value.name.lower()}, headers)
-        log.failure(
-            "unexpected error answering {method} {path}",
-            failure,
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("ascii", "replace"),
-        )
-        return _json(request, 500, {"error": "internal error"})
+        return answer_error(request, failure)
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _admin(self, request) -> None:
-        self._check_auth(request)
-
     def _check_auth(self, request) -> None:
-        if self._basic_auth is None:
-            return
-        header = request.getHeader("authorization") or ""
-        scheme, _, value = header.partition(" ")
-        try:
-            given = base64.b64decode(value.strip(), validate=True) if scheme.lower() == "basic" else b""
-        except ValueError:
-            given = b""
-        if not hmac.compare_digest(given, self._basic_auth):
-            raise Refused(401, "authentication required", {"WWW-Authenticate": 'Basic realm="snsd"'})
+        require_basic_auth(request, self._basic_auth)
 
     def _read_body(self, request) -> bytes:
         if getattr(request, "body_too_large", False):
@@ -210,7 +141,40 @@ class SNSEndpoint:
         return body
 
 
-def _json(request, status: int, body: dict, headers: dict | None = None) -> bytes:
+def require_basic_auth(request, expected: bytes | None) -> None:
+    """Raise :class:`Refused` (401) unless the request carries the ``USER:PASS`` expected (if any)."""
+    if expected is None:
+        return
+    header = request.getHeader("authorization") or ""
+    scheme, _, value = header.partition(" ")
+    try:
+        given = base64.b64decode(value.strip(), validate=True) if scheme.lower() == "basic" else b""
+    except ValueError:
+        given = b""
+    if not hmac.compare_digest(given, expected):
+        raise Refused(401, "authentication required", {"WWW-Authenticate": 'Basic realm="snsd"'})
+
+
+def answer_error(request, failure) -> bytes:
+    """A routing error (404, 405 ...) or an unexpected one as a JSON answer, never a traceback page."""
+    from werkzeug.exceptions import HTTPException
+
+    if isinstance(failure.value, HTTPException):
+        code = failure.value.code or 500
+        # Keep the exception's own headers (a 405's Allow, which RFC 9110 requires), not its
+        # HTML Content-Type: the body is ours, JSON.
+        headers = {name: value for name, value in failure.value.get_headers() if name.lower() != "content-type"}
+        return json_answer(request, code, {"error": failure.value.name.lower()}, headers)
+    log.failure(
+        "unexpected error answering {method} {path}",
+        failure,
+        method=request.method.decode("ascii", "replace"),
+        path=request.path.decode("ascii", "replace"),
+    )
+    return json_answer(request, 500, {"error": "internal error"})
+
+
+def json_answer(request, status: int, body: dict, headers: dict | None = None) -> bytes:
     request.setResponseCode(status)
     request.setHeader("Content-Type", "application/json")
     for name, value in (headers or {}).items():
@@ -221,7 +185,7 @@ def _json(request, status: int, body: dict, headers: dict | None = None) -> byte
     return data
 
 
-def _peer(request) -> str:
+def peer_of(request) -> str:
     peer = request.getClientAddress()
     return getattr(peer, "host", str(peer))
 

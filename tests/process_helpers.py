@@ -15,6 +15,7 @@ from pathlib import Path
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 LISTENING = re.compile(rb"listening on [^:\s]+:(\d+)")
+ADMIN_LISTENING = re.compile(rb"admin routes on [^:\s]+:(\d+)")
 
 # A job module the daemon imports with --job; written next to each test's files.
 JOBS_SOURCE = """
@@ -35,7 +36,8 @@ def missing(record):
 class Daemon:
     """A ``twistd -n snsd`` process listening on a kernel-chosen loopback port."""
 
-    def __init__(self, workdir: Path, *args: str, env: dict | None = None):
+    def __init__(self, workdir: Path, *args: str, env: dict | None = None, nofile: int | None = None):
+        """``nofile``: the process's file-descriptor limit (RLIMIT_NOFILE), lowered before twistd starts."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "snsd_test_jobs.py").write_text(JOBS_SOURCE)
@@ -44,6 +46,8 @@ class Daemon:
         self.log_path = self.workdir / "twistd.out"
         self.args = [
             "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--admin-port",
             "tcp:0:interface=127.0.0.1",
             "--dry-run",
             "--results",
@@ -54,7 +58,9 @@ class Daemon:
         ]
         self.env = {**os.environ, "PYTHONPATH": str(self.workdir), **(env or {})}
         self.process: subprocess.Popen | None = None
+        self.nofile = nofile
         self.port: int | None = None
+        self.admin_port: int | None = None  # the admin listener's (/breaker, /metrics)
 
     @property
     def url(self) -> str:
@@ -69,12 +75,17 @@ class Daemon:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if self.nofile is None else self._lower_nofile,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"twistd exited {self.process.returncode}:\n{self.output()}")
-            found = LISTENING.search(self.log_path.read_bytes()[offset:])
+            output = self.log_path.read_bytes()[offset:]
+            found = LISTENING.search(output)
+            admin = ADMIN_LISTENING.search(output)
+            if admin:
+                self.admin_port = int(admin.group(1))
             if found and self.get("/readyz")[0] == 200:
                 self.port = int(found.group(1)) if self.port is None else self.port
                 return self
@@ -83,11 +94,20 @@ class Daemon:
             time.sleep(0.05)
         raise RuntimeError(f"twistd not ready within {timeout}s:\n{self.output()}")
 
+    def _lower_nofile(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, *, admin: bool = False
+    ):
+        """One request to the main port, or with ``admin=True`` to the admin listener."""
+        url = f"http://127.0.0.1:{self.admin_port}" if admin else self.url
+        req = urllib.request.Request(url + path, data=body, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=10) as response:
                 return response.status, response.read(), dict(response.headers)
@@ -101,6 +121,9 @@ class Daemon:
             return None, b"", {}
         return self.request("GET", path)
 
+    def admin(self, method: str, path: str):
+        return self.request(method, path, admin=True)
+
     def post(self, body: bytes, headers: dict | None = None):
         return self.request("POST", "/", body, {"Content-Type": "text/plain; charset=UTF-8", **(headers or {})})
 
@@ -110,7 +133,7 @@ class Daemon:
     def wait(self, timeout: float = 60.0) -> int:
         code = self.process.wait(timeout)
         self._log.close()
-        self.port = None
+        self.port = self.admin_port = None
         return code
 
     def stop(self) -> int:

@@ -227,15 +227,15 @@ async def test_a_failed_claim_is_tried_again_without_waiting_for_new_work(tmp_pa
     h, ran = await started_recording_keys(tmp_path, workers=1)
     claim, calls = h.spool.claim, []
 
-    def locked_twice(after_id, limit):
+    def locked_once(after_id, limit):
         calls.append(limit)
-        if len(calls) <= 2:  # the pump before the message's commit and the one after it
+        if len(calls) == 1:  # the pump after the message's commit
             return defer.fail(sqlite3.OperationalError("database is locked"))
         return claim(after_id, limit)
 
-    h.spool.claim = locked_twice
+    h.spool.claim = locked_once
     done = await h.track("m-1", "a")  # spooled; any later spool operation would pump again
-    assert len(calls) == 2 and ran == [] and h.dispatcher.pending == 1
+    assert len(calls) == 1 and ran == [] and h.dispatcher.pending == 1
     h.clock.advance(CLAIM_RETRY)  # nothing else happens: the retry alone must run it
     assert await done is True
     assert ran == ["a"]
@@ -335,25 +335,12 @@ async def test_jobs_run_niced_below_the_reactor(tmp_path):
     await h.stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_message_is_spooled_and_claimed_in_one_transaction(tmp_path):
-    job = BlockingJob()
-    h = Harness(tmp_path, job, workers=1)
-    await h.start()
-    commits = h.spool.commits
-    await h.submit("m-1", "a")
-    await job.started
-    assert h.spool.commits == commits + 1  # the claim rode along with the add
-    job.release.set()
-    await h.stop()
-
-
 async def started_with_short_jobs(tmp_path, job=lambda record: {}) -> Harness:
     """A started Harness of 4 workers that has run one sub-millisecond job ("w"), so it batches."""
     h = Harness(tmp_path, job, workers=4)
     await h.start()
     assert await (await h.track("warm-up", "w")) is True
-    assert h.dispatcher.concurrency() == 1  # the warm-up job took well under a millisecond
+    assert h.dispatcher.batches.concurrency(h.dispatcher.workers) == 1  # the warm-up job took well under a millisecond
     return h
 
 
@@ -373,7 +360,7 @@ async def test_sub_millisecond_jobs_go_to_the_pool_in_batches_one_batch_at_a_tim
         return {}
 
     h = await started_with_short_jobs(tmp_path, job)
-    size = h.dispatcher.batch_size()
+    size = h.dispatcher.batches.size()
     assert size > 1
     handoffs = h.count_handoffs()
     h.breaker.force_open()  # hold a backlog back, then let it go at once
@@ -390,7 +377,7 @@ async def test_sub_millisecond_jobs_go_to_the_pool_in_batches_one_batch_at_a_tim
 
 @pytest_twisted.ensureDeferred
 async def test_a_batch_that_is_not_full_waits_briefly_for_company_and_a_full_one_does_not(tmp_path):
-    from snsd.dispatcher import BATCH_WAIT
+    from snsd.batching import BATCH_WAIT
 
     h = await started_with_short_jobs(tmp_path)
     handoffs = h.count_handoffs()
@@ -404,7 +391,7 @@ async def test_a_batch_that_is_not_full_waits_briefly_for_company_and_a_full_one
     assert handoffs == [2]
 
     # A full batch goes at once, in the transaction that spools it.
-    size = h.dispatcher.batch_size()
+    size = h.dispatcher.batches.size()
     full = await h.submit("m-full", *(f"k{i}" for i in range(size)))
     await h.dispatcher._when_done(full)
     assert handoffs == [2, size]
@@ -501,7 +488,7 @@ async def test_when_a_batchs_write_fails_each_result_is_written_alone(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_a_job_running_past_the_short_limit_lets_the_others_run(tmp_path):
-    from snsd.dispatcher import LONG_JOB
+    from snsd.batching import LONG_JOB
 
     slow_started = defer.Deferred()
     release = threading.Event()
@@ -518,7 +505,7 @@ async def test_a_job_running_past_the_short_limit_lets_the_others_run(tmp_path):
     fast = await h.track("m-fast", "fast")
     assert h.dispatcher.pending == 1  # one at a time: "fast" waits behind "slow"
     h.clock.advance(LONG_JOB)  # "slow" has now run too long to count as short
-    assert h.dispatcher.concurrency() == 4
+    assert h.dispatcher.batches.concurrency(h.dispatcher.workers) == 4
     assert await fast is True  # while "slow" still runs
     assert not slow.called
     release.set()

@@ -68,7 +68,7 @@ def accounted(daemon):
 
 
 def jobs_running(daemon):
-    status, body, _ = daemon.get("/metrics")
+    status, body, _ = daemon.admin("GET", "/metrics")
     for line in body.decode().splitlines() if status == 200 else ():
         if line.startswith("snsd_jobs_running "):
             return float(line.split()[1])
@@ -260,7 +260,7 @@ def test_backpressure_and_spool_mode_hold_records_while_the_breaker_is_open(tmp_
         "spool",
     ).start()
     try:
-        assert daemon.request("POST", "/breaker/open")[0] == 200
+        assert daemon.admin("POST", "/breaker/open")[0] == 200
         for i in range(5):
             status, body, _ = daemon.post(notification(s3_message(f"held/{i}.csv"), f"held-{i}"))
             assert (status, json.loads(body)["status"]) == (200, "spooled")
@@ -271,7 +271,7 @@ def test_backpressure_and_spool_mode_hold_records_while_the_breaker_is_open(tmp_
         assert rows(daemon, "SELECT COUNT(*) FROM messages WHERE message_id = 'held-5'") == [(0,)]
         assert rows(daemon, "SELECT COUNT(*) FROM records") == [(5,)]
         assert daemon.result_lines() == []
-        assert daemon.request("POST", "/breaker/reset")[0] == 200
+        assert daemon.admin("POST", "/breaker/reset")[0] == 200
         daemon.wait_for(lambda: len(daemon.result_lines()) == 5, what="the held records to run")
         assert {line["message_id"] for line in daemon.result_lines()} == {f"held-{i}" for i in range(5)}
         # The refused message recorded nothing, so SNS's retry is accepted, not a duplicate.

@@ -251,15 +251,15 @@ def test_missing_objects_open_the_breaker_and_reset_closes_it(tmp_path, localsta
         assert {(line["status"], line["error_kind"]) for line in lines} == {("error", "s3_not_found")}
 
         def breaker():
-            status, body, _ = daemon.get("/breaker")
+            status, body, _ = daemon.admin("GET", "/breaker")
             state = json.loads(body)
             return state if state["state"] == "open" else None
 
         state = daemon.wait_for(breaker, timeout=10, what="the breaker to open")
         assert state["active"] is True and state["consecutive_failures"] == 3 and state["cooldown_remaining"] > 0
-        status, body, _ = daemon.request("POST", "/breaker/reset")
+        status, body, _ = daemon.admin("POST", "/breaker/reset")
         assert status == 200 and json.loads(body)["state"] == "closed"
-        assert json.loads(daemon.get("/breaker")[1])["state"] == "closed"
+        assert json.loads(daemon.admin("GET", "/breaker")[1])["state"] == "closed"
     finally:
         assert daemon.stop() == 0
 

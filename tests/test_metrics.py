@@ -21,7 +21,7 @@ def signed_notification(*keys, **kwargs):
 
 def scrape(snsd: Snsd) -> dict[tuple, float]:
     """``/metrics`` as {(sample name, sorted labels): value}, parsed as Prometheus would."""
-    status, body, headers = snsd.request("GET", "/metrics")
+    status, body, headers = snsd.admin("GET", "/metrics")
     assert status == 200
     assert headers.getRawHeaders("Content-Type")[0].startswith("text/plain")
     samples = {}

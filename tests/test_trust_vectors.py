@@ -49,7 +49,8 @@ class Daemon:
     def __init__(self, tmp_path, at: float, *args: str):
         options = SNSDOptions(environ={})
         options.parseOptions(
-            ["--port", "tcp:0:interface=127.0.0.1", "--spool", ":memory:", "--dry-run",
+            ["--port", "tcp:0:interface=127.0.0.1", "--admin-port", "tcp:0:interface=127.0.0.1",
+             "--spool", ":memory:", "--dry-run",
              "--results", str(tmp_path / "results.jsonl"), "--job", "snsd.jobs.head:head_object",
              "--cert-dir", str(CERTS), *args]
         )  # fmt: skip

@@ -52,7 +52,8 @@ def test_a_port_already_taken_ends_startup_with_exit_1_and_says_why(tmp_path):
         port = taken.getsockname()[1]
         run = subprocess.run(
             [TWISTD, "-n", "--pidfile=", "snsd", "--dry-run", "--no-verify-signatures",
-             "--job", "snsd.jobs.head:head_object", "--port", f"tcp:{port}:interface=127.0.0.1"],
+             "--job", "snsd.jobs.head:head_object", "--port", f"tcp:{port}:interface=127.0.0.1",
+             "--admin-port", "tcp:0:interface=127.0.0.1"],
             capture_output=True, text=True, cwd=tmp_path, timeout=60,
         )  # fmt: skip
     assert run.returncode == 1

@@ -170,7 +170,7 @@ def test_other_methods_on_root_are_405(snsd):
 )
 def test_a_405_says_which_methods_are_allowed(snsd, method, path, allowed):
     # RFC 9110 15.5.6: a 405 answer must carry an Allow header.
-    status, body, headers = snsd.request(method, path)
+    status, body, headers = snsd.request(method, path, admin=path.startswith("/breaker"))
     assert (status, body) == (405, {"error": "method not allowed"})
     (allow,) = headers.getRawHeaders("Allow")
     assert {m.strip() for m in allow.split(",")} == allowed
@@ -343,7 +343,7 @@ def test_backpressure_503_past_max_pending(tmp_path):
 
 def test_breaker_admin_endpoints(tmp_path):
     snsd = Snsd(tmp_path, failing_job)
-    status, body, _ = snsd.request("GET", "/breaker")
+    status, body, _ = snsd.admin("GET", "/breaker")
     assert status == 200
     assert body == {
         "state": "closed",
@@ -355,12 +355,12 @@ def test_breaker_admin_endpoints(tmp_path):
         "cooldown": 30,
     }
     open_breaker(snsd)
-    body = snsd.request("GET", "/breaker")[1]
+    body = snsd.admin("GET", "/breaker")[1]
     assert body["state"] == "open" and body["active"] is True and body["consecutive_failures"] == 2
     assert body["last_failure_time"] == "2025-06-01T12:00:00.000Z" and body["cooldown_remaining"] == 30
-    assert snsd.request("POST", "/breaker/reset")[1]["state"] == "closed"
-    assert snsd.request("POST", "/breaker/open")[1]["state"] == "open"
-    assert snsd.request("GET", "/breaker/reset")[1]["state"] == "closed"
+    assert snsd.admin("POST", "/breaker/reset")[1]["state"] == "closed"
+    assert snsd.admin("POST", "/breaker/open")[1]["state"] == "open"
+    assert snsd.admin("GET", "/breaker/reset")[1]["state"] == "closed"
 
 
 def test_health_and_readiness(snsd):
@@ -386,8 +386,8 @@ def test_basic_auth_when_configured(tmp_path):
     assert snsd.post(signed_notification("a.csv"), headers=wrong)[0] == 401
     right = {"Authorization": "Basic " + base64.b64encode(b"sns:s3cret").decode()}
     assert snsd.post(signed_notification("a.csv"), headers=right)[0] == 200
-    assert snsd.request("GET", "/breaker")[0] == 401
-    assert snsd.request("GET", "/breaker", headers=right)[0] == 200
+    assert snsd.admin("GET", "/breaker")[0] == 401
+    assert snsd.admin("GET", "/breaker", headers=right)[0] == 200
 
 
 def test_basic_auth_off_needs_no_credentials(snsd):
@@ -472,7 +472,7 @@ def test_a_size_no_object_can_have_is_dropped_not_a_500(snsd, size):
 
 def test_metrics_are_served(snsd):
     snsd.post(signed_notification("a.csv"))
-    status, body, _ = snsd.request("GET", "/metrics")
+    status, body, _ = snsd.admin("GET", "/metrics")
     assert status == 200
     assert b'snsd_requests_total{status="200",type="Notification"}' in body
 

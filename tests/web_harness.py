@@ -84,6 +84,7 @@ class Snsd:
         max_failures=2,
         max_age=3600.0,
         dedup_ttl=3600.0,
+        admin_on_main_port=False,
     ):
         self.clock = MemoryReactorClock()
         self.clock.advance(NOW.timestamp())
@@ -121,6 +122,7 @@ class Snsd:
             basic_auth=basic_auth,
             max_age=max_age,
             dedup_ttl=dedup_ttl,
+            admin_on_main_port=admin_on_main_port,
         )
         self.daemon = build_daemon(
             self.clock,
@@ -144,17 +146,30 @@ class Snsd:
         self.accepted = self.daemon.dedup
         self.admission = self.endpoint.admission
         self.policy = self.admission.policy
-        self.client = StubTreq(self.endpoint.resource())
+        # What the main port and the admin listener serve, as their Sites do.
+        self.client = StubTreq(self.daemon.http.factory.resource)
+        admin = self.daemon.admin_http
+        self.admin_client = StubTreq(admin.factory.resource) if admin is not None else self.client
         self.daemon.startService()
 
-    def request(self, method: str, path: str = "/", body: bytes | dict | None = None, headers: dict | None = None):
+    def request(
+        self,
+        method: str,
+        path: str = "/",
+        body: bytes | dict | None = None,
+        headers: dict | None = None,
+        *,
+        admin: bool = False,
+    ):
+        """One request to the main port, or with ``admin=True`` to the admin listener."""
+        client = self.admin_client if admin else self.client
         if isinstance(body, dict):
             body = json.dumps(body).encode()
         headers = {"Content-Type": ["text/plain; charset=UTF-8"], **{k: [v] for k, v in (headers or {}).items()}}
-        d = self.client.request(method, "http://snsd.test" + path, data=body, headers=headers)
+        d = client.request(method, "http://snsd.test" + path, data=body, headers=headers)
         self.flush()
         response = result_of(d)
-        content = self.client.content(response)
+        content = client.content(response)
         self.flush()
         raw = result_of(content)
         try:
@@ -166,10 +181,14 @@ class Snsd:
     def post(self, body, headers=None):
         return self.request("POST", "/", body, headers)
 
+    def admin(self, method: str, path: str, headers: dict | None = None):
+        return self.request(method, path, headers=headers, admin=True)
+
     def flush(self):
         for _ in range(3):
             self.aws_http.flush()
             self.client.flush()
+            self.admin_client.flush()
 
     def results(self):
         if not self.results_path.exists():

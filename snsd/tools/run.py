@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.spool,
                 "--breaker-mode",
                 "spool",
+                # Development: /breaker and /metrics on the one port this run prints.
+                "--admin-on-main-port",
             ]
             for host in trusted_hosts(localstack):
                 command += ["--trusted-host", host]

@@ -2,19 +2,17 @@
 
 cryptography lets go of the GIL while it does the RSA arithmetic, so a check made in another
 thread runs on another core while the reactor answers requests.  Made on the reactor, a check
-cost it about 55 us of CPU per message, of which about 20 us is the arithmetic: while the
-reactor's thread waited for the math without the GIL, a job thread took the GIL, and the reactor
-then waited again to get it back (docs/performance.md).
+cost it more than its arithmetic: while the reactor's thread waited for the math without the GIL,
+a job thread took the GIL, and the reactor then waited again to get it back.
 
 A hand-off to a thread costs the reactor about as much as one check, so the checks asked for
 during one reactor turn go in one batch: one ``deferToThreadPool`` call for all of them.  Batching
 means waiting for the end of the turn, though, and at low concurrency a turn brings one or two
-requests: there the thread would save little CPU and add its round trip to every answer's latency
-(bench/load.py at concurrency 4: -17 % requests/s when every batch went to the thread), and even
-the wait for the turn's end costs a reactor iteration per request.  So each turn's count decides
-the next turn: after a turn of fewer than OFFLOAD_AT checks they are made on the reactor at once;
-after a busier one they are batched, and a batch that turns out small is still checked on the
-reactor.
+requests: there the thread would save little CPU and add its round trip to every answer's latency,
+and even the wait for the turn's end costs a reactor iteration per request.  So each turn's count
+decides the next turn: after a turn of fewer than OFFLOAD_AT checks they are made on the reactor
+at once; after a busier one they are batched, and a batch that turns out small is still checked on
+the reactor.  The measurements behind this are in docs/performance.md.
 """
 
 from __future__ import annotations
