@@ -163,7 +163,7 @@ def stats_command(conn, args, out) -> int:
         (messages,) = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
         by_reason = conn.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason ORDER BY reason").fetchall()
         recent = conn.execute(
-            "SELECT message_id, accepted_at FROM messages ORDER BY accepted_at DESC, rowid DESC LIMIT ?",
+            "SELECT message_id, accepted_at FROM messages ORDER BY accepted_at DESC, message_id DESC LIMIT ?",
             (args.recent,),
         ).fetchall()
     print(f"records owed a result: {pending}", file=out)

@@ -161,7 +161,7 @@ class SNSDaemon(MultiService):
             return None
         # A TimerService whose call fails stops for good: one locked or full disk would end pruning,
         # and the messages table would grow for the rest of the process's life.
-        return self.spool.prune(self.settings.dedup_ttl).addErrback(
+        return self.spool.prune().addErrback(
             lambda f: log.failure("pruning the spool failed; trying again in {interval:g}s", f, interval=PRUNE_INTERVAL)
         )
 
