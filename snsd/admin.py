@@ -24,7 +24,6 @@ import os
 import sqlite3
 import sys
 import time
-from datetime import UTC, datetime
 
 from twisted.python import usage
 
@@ -33,12 +32,9 @@ from snsd.config import SNSDOptions
 from snsd.results import run_job
 from snsd.sinks import make_sink
 from snsd.spool import SpoolVersionError, fail_dead_letter_again, list_dead_letters, resolve_dead_letter
+from snsd.timestamps import iso
 
 EXIT_USAGE = 2
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _open(path: str) -> sqlite3.Connection:
@@ -80,7 +76,7 @@ def list_command(conn, args, out) -> int:
             d.reason,
             " ".join((d.error or "-").split()),
             str(d.attempts),
-            _iso(d.failed_at),
+            iso(d.failed_at, "seconds"),
         )
         for d in letters
     ]
@@ -109,7 +105,7 @@ def export_command(conn, args, out) -> int:
                         "envelope": envelope,
                         "reason": d.reason,
                         "error": d.error,
-                        "failed_at": _iso(d.failed_at),
+                        "failed_at": iso(d.failed_at, "seconds"),
                         "attempts": d.attempts,
                     },
                     ensure_ascii=False,
@@ -172,12 +168,12 @@ def stats_command(conn, args, out) -> int:
         (messages,) = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
         by_reason = conn.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason ORDER BY reason").fetchall()
         recent = conn.execute(
-            "SELECT message_id, accepted_at FROM messages ORDER BY accepted_at DESC, rowid DESC LIMIT ?",
+            "SELECT message_id, accepted_at FROM messages ORDER BY accepted_at DESC, message_id DESC LIMIT ?",
             (args.recent,),
         ).fetchall()
     print(f"records owed a result: {pending}", file=out)
     if oldest is not None:
-        print(f"  oldest spooled at {_iso(oldest)}", file=out)
+        print(f"  oldest spooled at {iso(oldest, 'seconds')}", file=out)
     print(f"remembered message ids: {messages}", file=out)
     print(f"dead letters: {sum(n for _, n in by_reason)}", file=out)
     for reason, count in by_reason:
@@ -185,7 +181,7 @@ def stats_command(conn, args, out) -> int:
     if recent:
         print(f"most recent message ids (up to {args.recent}):", file=out)
         for message_id, accepted_at in recent:
-            print(f"  {_iso(accepted_at)}  {message_id}", file=out)
+            print(f"  {iso(accepted_at, 'seconds')}  {message_id}", file=out)
     return 0
 
 
@@ -201,10 +197,8 @@ def queue_command(args, out) -> int:
         if args.run is list_command:
             letters = list(dlq.read(limit=args.limit, ids=ids))
             for d in letters:
-                objects = " ".join(d.objects()) or "-"
-                print(
-                    f"{d.message_id}  {_cut(objects, 80)}  receives {d.receive_count}  sent {_iso(d.sent_at)}", file=out
-                )
+                objects, sent = " ".join(d.objects()) or "-", iso(d.sent_at, "seconds")
+                print(f"{d.message_id}  {_cut(objects, 80)}  receives {d.receive_count}  sent {sent}", file=out)
             print(f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'} in {dlq.url}", file=out)
             return 0
         if args.run is export_command:
@@ -218,7 +212,7 @@ def queue_command(args, out) -> int:
                                 "objects": d.objects(),
                                 "body": d.body,
                                 "receive_count": d.receive_count,
-                                "sent_at": _iso(d.sent_at),
+                                "sent_at": iso(d.sent_at, "seconds"),
                             },
                             ensure_ascii=False,
                         )

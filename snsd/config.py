@@ -73,6 +73,13 @@ def seconds(text) -> float:
     return value
 
 
+def positive_seconds(text) -> float:
+    value = seconds(text)
+    if value == 0:
+        raise ValueError(f"must be a number of seconds > 0, not {text!r}")
+    return value
+
+
 def boolean(text) -> bool:
     if isinstance(text, bool):
         return text
@@ -188,6 +195,28 @@ SETTINGS = (
         "Serve the admin routes on --port instead, open to whoever reaches it: development only.",
         boolean,
         "flag",
+    ),
+    Setting(
+        "request-deadline",
+        "SNSD_REQUEST_DEADLINE_SECONDS",
+        30.0,
+        "Seconds a request may take to arrive whole (headers and body) from its first byte; then 408.",
+        positive_seconds,
+    ),
+    Setting(
+        "max-connections",
+        "SNSD_MAX_CONNECTIONS",
+        None,
+        "Open connections on --port (default: the descriptor limit less 100, at most 10000); at the cap "
+        "a new one replaces the connection waiting longest for its request.",
+        positive,
+    ),
+    Setting(
+        "max-connections-per-peer",
+        "SNSD_MAX_CONNECTIONS_PER_PEER",
+        0,
+        "Open connections from one client address; 0: no cap (behind a load balancer, all come from it).",
+        non_negative,
     ),
     Setting("workers", "SNS_WORKER_MAX", 10, "Worker threads: the most jobs that run at once.", positive),
     Setting(
@@ -330,8 +359,6 @@ SETTINGS = (
     ),
 )
 
-BY_FLAG = {s.flag: s for s in SETTINGS}
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -342,6 +369,9 @@ class Settings:
     port: str = "tcp:8080"
     admin_port: str = "tcp:9090:interface=127.0.0.1"
     admin_on_main_port: bool = False
+    request_deadline: float = 30.0
+    max_connections: int = 1000  # resolved from --max-connections (from the descriptor limit by default)
+    max_connections_per_peer: int = 0
     workers: int = 10
     job_processes: int = 0  # resolved from --job-processes (one per core by default)
     job_nice: int = 19
@@ -518,7 +548,19 @@ class SNSDOptions(usage.Options):
         typed["job"] = job
         typed["builtin_job"] = v["job"] is None
         typed["job_processes"] = (os.cpu_count() or 1) if v["job-processes"] is None else v["job-processes"]
+        if v["max-connections"] is None:
+            typed["max_connections"] = default_max_connections()
         return Settings(**typed)
+
+
+def default_max_connections() -> int:
+    """The descriptor limit less 100 (the spool, logs, outbound connections, pipes), at most 10000."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(16, min(soft - 100, 10_000))
 
 
 def _check_writable_file(name: str, path: str) -> None:

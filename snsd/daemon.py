@@ -38,7 +38,7 @@ from snsd.ops import OpsRoutes, main_port_resource
 from snsd.pool import WorkerPool
 from snsd.services import ClosingService, Listener, SpoolService
 from snsd.sinks import make_sink
-from snsd.site import make_site
+from snsd.site import Connections, make_site
 from snsd.spool import Recovery, SQLiteSpool
 from snsd.trust.certs import CertificateStore, load_certificate_dir
 from snsd.trust.confirm import SubscriptionConfirmer
@@ -51,6 +51,9 @@ from snsd.trust.verifier import MessageVerifier
 from snsd.web import SNSEndpoint
 
 log = Logger()
+
+# Open connections on the admin listener.
+ADMIN_MAX_CONNECTIONS = 32
 
 # How often accepted MessageIds older than --dedup-ttl are forgotten by the spool.
 PRUNE_INTERVAL = 300.0
@@ -175,7 +178,7 @@ class SNSDaemon(MultiService):
             return None
         # A TimerService whose call fails stops for good: one locked or full disk would end pruning,
         # and the messages table would grow for the rest of the process's life.
-        return self.spool.prune(self.settings.dedup_ttl).addErrback(
+        return self.spool.prune().addErrback(
             lambda f: log.failure("pruning the spool failed; trying again in {interval:g}s", f, interval=PRUNE_INTERVAL)
         )
 
@@ -415,10 +418,19 @@ def build_daemon(
     )
     ops = OpsRoutes(breaker=breaker, readiness=Readiness(pool, dispatcher), basic_auth=settings.basic_auth)
     main = main_port_resource(endpoint, ops, admin_on_main_port=settings.admin_on_main_port)
-    http = Listener("http", serverFromString(reactor, settings.port), make_site(main, settings.max_body), settings.port)
+    connections = Connections(
+        clock,
+        deadline=settings.request_deadline,
+        max_total=settings.max_connections,
+        max_per_peer=settings.max_connections_per_peer,
+    )
+    site = make_site(main, settings.max_body, connections, clock=clock)
+    http = Listener("http", serverFromString(reactor, settings.port), site, settings.port)
     admin_http = None
     if not settings.admin_on_main_port:
-        admin_site = make_site(ops.resource())
+        # Loopback operators and Prometheus: a small cap of its own, outside --max-connections.
+        admin_connections = Connections(clock, deadline=settings.request_deadline, max_total=ADMIN_MAX_CONNECTIONS)
+        admin_site = make_site(ops.resource(), connections=admin_connections, clock=clock)
         admin_http = Listener(
             "admin-http", serverFromString(reactor, settings.admin_port), admin_site, settings.admin_port
         )

@@ -30,6 +30,11 @@ SIGNATURE_FAILURES = Counter(
 )
 CERT_CACHE = Counter("snsd_cert_cache_total", "Signing-certificate cache lookups", ["result"])
 DUPLICATES = Counter("snsd_duplicates_total", "Messages recognised as duplicates by MessageId")
+CONNECTIONS_REFUSED = Counter(
+    "snsd_connections_refused_total",
+    "Connections closed by the connection caps: peer_cap, all_busy (refused), made_room (a waiting one closed)",
+    ["reason"],
+)
 
 
 # The labelled children counted once per request or job, looked up once.  labels() validates
@@ -48,6 +53,11 @@ def jobs(outcome: str, verdict: str):
 @cache
 def cert_cache(result: str):
     return CERT_CACHE.labels(result=result)
+
+
+@cache
+def connections_refused(reason: str):
+    return CONNECTIONS_REFUSED.labels(reason=reason)
 
 
 # -- SQS roles (snsd/sqs): on the /metrics of the process that does the work -------------------
