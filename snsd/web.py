@@ -272,4 +272,5 @@ def _with_ignored(body: dict, outcome: Outcome) -> dict:
 
 
 # Outcomes whose records were spooled: each is logged as accepted (debug) before its answer.
-_TOOK_RECORDS = frozenset({Kind.ACCEPTED, Kind.SPOOLED, Kind.DONE, Kind.RUNNING, Kind.FAILED})
+# A tuple, not a set: membership by identity (a set calls Enum.__hash__, Python code, per message).
+_TOOK_RECORDS = (Kind.ACCEPTED, Kind.SPOOLED, Kind.DONE, Kind.RUNNING, Kind.FAILED)
