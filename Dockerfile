@@ -42,7 +42,7 @@ COPY twisted ./twisted
 # cache now, as root, since the runtime user (and a read-only root filesystem) cannot.
 RUN /opt/snsd/bin/python -m pip install --no-deps . \
     && /opt/snsd/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
-# Keep the runtime image small (the target is under 400 MB; pyarrow alone is 170 MB): drop
+# Keep the runtime image small (the target is under 400 MB; pyarrow is its largest part): drop
 # pyarrow's test suite, C++ headers and sources and its Arrow Flight RPC (snsd reads CSV, JSON
 # and Parquet), and pip itself (the runtime installs nothing).  The import line fails the build
 # if a module snsd uses went with them.
@@ -69,6 +69,8 @@ VOLUME ["/var/lib/snsd"]
 # Numeric, so Kubernetes' runAsNonRoot can check it without an /etc/passwd entry.
 USER 10001:10001
 EXPOSE 8080
+# The admin listener (/metrics, /breaker) stays on the container's loopback (127.0.0.1:9090) unless
+# SNSD_ADMIN_PORT says otherwise; deploy/kubernetes/ sets tcp:9090 for Prometheus.
 # No curl in slim images: ask /healthz with the Python that is already there (a non-2xx answer
 # raises, which exits non-zero too).  Change SNSD_HEALTHCHECK_URL along with --port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -8,8 +8,11 @@ then measures, in one process:
   1. the job (pyarrow) on one object: MB/s, rows/s;
   2. a plain ``csv``-module implementation of the same six rules, streaming the same object: the ratio;
   3. four jobs at once on four objects in a ThreadPoolExecutor(4): does the pool scale?
-and prints the process's peak RSS.  If no S3 endpoint answers it starts LocalStack via
-``snsd.tools.localstack.ensure_localstack``.
+and prints the process's peak RSS.  ``--job-processes N`` runs every job as the daemon does by default,
+in N worker processes (``snsd.dq.processes.ProcessPoolJob``) called from the threads; ``--small N``
+adds a run of N tiny objects from ``--parallel`` threads, whose jobs per second measure the cost of
+handing a job to a worker process and back rather than pyarrow's speed.  If no S3 endpoint answers
+it starts LocalStack via ``snsd.tools.localstack.ensure_localstack``.
 """
 
 from __future__ import annotations
@@ -164,12 +167,29 @@ def reachable(url: str) -> bool:
         return False
 
 
+def small_jobs_per_second(s3, job, count: int, threads: int) -> None:
+    """``count`` jobs on one tiny object from ``threads`` threads (after one warm-up job per thread)."""
+    key = "bench/small.csv"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"id,email,amount,status,created,note\n1,a@b.c,1.5,new,2024-01-01,x\n")
+    record = S3ObjectRecord(bucket=BUCKET, key=key)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(job, [record] * threads))
+        started = time.monotonic()
+        results = list(pool.map(job, [record] * count))
+        wall = time.monotonic() - started
+    assert all(r["rows"] == 1 for r in results)
+    print(f"{count} small jobs from {threads} threads in {wall:.2f} s = {count / wall:.0f} jobs/s", flush=True)
+    s3.delete_object(Bucket=BUCKET, Key=key)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=1 << 30, help="object size (default 1GiB)")
     parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"))
     parser.add_argument("--parallel", type=int, default=4, help="objects for the concurrency run (0 skips it)")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--job-processes", type=int, default=0, help="jobs in N worker processes (0: threads)")
+    parser.add_argument("--small", type=int, default=0, help="also run N tiny objects and report jobs/s")
     args = parser.parse_args(argv)
     for name, value in (
         ("AWS_ACCESS_KEY_ID", "test"),
@@ -206,7 +226,14 @@ def main(argv=None) -> int:
             keys.append(key)
             print(f"  {key}: {total / 1e6:.0f} MB in {time.monotonic() - started:.1f} s", flush=True)
 
-        job = DataQualityJob(parse_rules(RULES, "bench-rules.yaml"))
+        rulebook = parse_rules(RULES, "bench-rules.yaml")
+        if args.job_processes:
+            from snsd.dq.processes import ProcessPoolJob
+
+            job = ProcessPoolJob(rulebook, args.job_processes)
+            stack.callback(job.close)
+        else:
+            job = DataQualityJob(rulebook)
         records = [S3ObjectRecord(bucket=BUCKET, key=k) for k in keys]
 
         started = time.monotonic()
@@ -243,6 +270,8 @@ def main(argv=None) -> int:
                 f"{total_bytes / 1e6 / wall:.0f} MB/s aggregate ({total_bytes / 1e6 / wall / mbps:.2f}x one job)",
                 flush=True,
             )
+        if args.small:
+            small_jobs_per_second(s3, job, args.small, max(1, args.parallel))
         print(f"peak RSS {peak_rss_mb():.0f} MB")
         for key in keys:
             s3.delete_object(Bucket=BUCKET, Key=key)

@@ -102,7 +102,7 @@ async def settle(daemon) -> None:
 async def main(args, extra) -> None:
     from snsd.config import SNSDOptions
     from snsd.daemon import build_daemon
-    from snsd.logs import configure_logging
+    from snsd.logs import drop_levels_below, level_from_env
 
     cert = CertServer()
     bodies = notifications(WARMUP + args.n, "path", cert.key_pem, cert.cert_url)
@@ -123,7 +123,7 @@ async def main(args, extra) -> None:
         + ["--spool", str(directory / "spool.sqlite3"), "--topic-arn", TOPIC, "--job", "bench_jobs:trivial"]
         + ["--trusted-host", cert.trusted_host, *extra]
     )
-    configure_logging(options.settings.log_format)
+    drop_levels_below(level_from_env())  # as twistd's snsd does; nothing here logs to a file
     daemon = build_daemon(reactor, options.settings)
     daemon.startService()
     try:

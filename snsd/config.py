@@ -23,6 +23,16 @@ from twisted.python import usage
 from snsd.admission import AckMode, BreakerMode
 
 TRUE = {"1", "true", "yes", "on"}
+
+
+class Role(enum.Enum):
+    """Which part of snsd this process runs (``--role``; docs/scaling.md)."""
+
+    ALL = "all"  # everything in one process, records in the local SQLite spool (the default)
+    LISTENER = "listener"  # verify and spool locally, forward the records to the --queue
+    WORKER = "worker"  # take records from the --queue and run their jobs
+
+
 FALSE = {"0", "false", "no", "off", ""}
 
 
@@ -60,6 +70,13 @@ def seconds(text) -> float:
         raise ValueError(f"must be a number of seconds, not {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"must be a finite number >= 0, not {text!r}")
+    return value
+
+
+def positive_seconds(text) -> float:
+    value = seconds(text)
+    if value == 0:
+        raise ValueError(f"must be a number of seconds > 0, not {text!r}")
     return value
 
 
@@ -178,6 +195,28 @@ SETTINGS = (
         "Serve the admin routes on --port instead, open to whoever reaches it: development only.",
         boolean,
         "flag",
+    ),
+    Setting(
+        "request-deadline",
+        "SNSD_REQUEST_DEADLINE_SECONDS",
+        30.0,
+        "Seconds a request may take to arrive whole (headers and body) from its first byte; then 408.",
+        positive_seconds,
+    ),
+    Setting(
+        "max-connections",
+        "SNSD_MAX_CONNECTIONS",
+        None,
+        "Open connections on --port (default: the descriptor limit less 100, at most 10000); at the cap "
+        "a new one replaces the connection waiting longest for its request.",
+        positive,
+    ),
+    Setting(
+        "max-connections-per-peer",
+        "SNSD_MAX_CONNECTIONS_PER_PEER",
+        0,
+        "Open connections from one client address; 0: no cap (behind a load balancer, all come from it).",
+        non_negative,
     ),
     Setting("workers", "SNS_WORKER_MAX", 10, "Worker threads: the most jobs that run at once.", positive),
     Setting(
@@ -303,9 +342,22 @@ SETTINGS = (
     ),
     Setting("basic-auth", "SNSD_BASIC_AUTH", None, "Require HTTP Basic credentials USER:PASS.", credentials),
     Setting("log-format", "SNSD_LOG_FORMAT", "text", "Log format on stdout: text or json.", log_format),
+    Setting(
+        "role",
+        "SNSD_ROLE",
+        Role.ALL,
+        "all (one process), listener (spool and forward to --queue) or worker (run jobs from --queue).",
+        choice(Role),
+    ),
+    Setting("queue", "SNSD_QUEUE_URL", None, "SQS queue URL shared by listeners and workers (--role listener/worker)."),
+    Setting(
+        "visibility-timeout",
+        "SNSD_VISIBILITY_TIMEOUT_SECONDS",
+        60,
+        "Worker: seconds a received message stays invisible; extended every third of it while its jobs run.",
+        positive,
+    ),
 )
-
-BY_FLAG = {s.flag: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -317,6 +369,9 @@ class Settings:
     port: str = "tcp:8080"
     admin_port: str = "tcp:9090:interface=127.0.0.1"
     admin_on_main_port: bool = False
+    request_deadline: float = 30.0
+    max_connections: int = 1000  # resolved from --max-connections (from the descriptor limit by default)
+    max_connections_per_peer: int = 0
     workers: int = 10
     job_processes: int = 0  # resolved from --job-processes (one per core by default)
     job_nice: int = 19
@@ -346,6 +401,9 @@ class Settings:
     dedup_ttl: float = 3600.0
     basic_auth: str | None = None
     log_format: str = "text"
+    role: Role = Role.ALL
+    queue: str | None = None
+    visibility_timeout: int = 60
 
 
 def _describe_default(setting: Setting) -> str:
@@ -450,7 +508,15 @@ class SNSDOptions(usage.Options):
         if v["dedup-ttl"] < v["max-age"]:
             ttl, age = self.name("dedup-ttl"), self.name("max-age")
             raise usage.UsageError(f"{ttl} ({v['dedup-ttl']:g}) must be at least {age} ({v['max-age']:g})")
-        if not v["dry-run"] and not v["results-bucket"]:
+        if v["role"] is not Role.ALL and not v["queue"]:
+            raise usage.UsageError(f"{self.name('role')} {v['role'].value} needs --queue (or SNSD_QUEUE_URL)")
+        if v["role"] is Role.ALL and v["queue"]:
+            raise usage.UsageError(f"{self.name('queue')} needs --role listener or --role worker")
+        if v["role"] is Role.LISTENER and v["ack"] is AckMode.AFTER_JOB:
+            raise usage.UsageError(f"{self.name('ack')} after-job needs the jobs in this process: --role all")
+        if v["visibility-timeout"] > 43200:
+            raise usage.UsageError(f"{self.name('visibility-timeout')} must be at most 43200 (SQS's limit)")
+        if not v["dry-run"] and not v["results-bucket"] and v["role"] is not Role.LISTENER:
             raise usage.UsageError("--results-bucket is required unless --dry-run is given")
         if v["breaker-max-cooldown"] is not None and v["breaker-max-cooldown"] < v["breaker-cooldown"]:
             raise usage.UsageError(
@@ -482,7 +548,19 @@ class SNSDOptions(usage.Options):
         typed["job"] = job
         typed["builtin_job"] = v["job"] is None
         typed["job_processes"] = (os.cpu_count() or 1) if v["job-processes"] is None else v["job-processes"]
+        if v["max-connections"] is None:
+            typed["max_connections"] = default_max_connections()
         return Settings(**typed)
+
+
+def default_max_connections() -> int:
+    """The descriptor limit less 100 (the spool, logs, outbound connections, pipes), at most 10000."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(16, min(soft - 100, 10_000))
 
 
 def _check_writable_file(name: str, path: str) -> None:

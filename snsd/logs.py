@@ -12,23 +12,27 @@ Both formats pass through the same two filters before they reach stdout:
 say: requests answered, jobs finished and records pending in the last interval, read from
 the Prometheus counters.
 
-twistd starts logging *after* ``makeService`` returns, with its own observer (text on
-stdout, or ``--logfile``).  :func:`configure_logging` therefore does not start logging
-itself: it replaces the observer twistd builds by default (``AppLogger._getLogObserver``),
-so ``--logfile``, ``--syslog``, ``--logger`` and an application's own ``ILogObserver``
-keep working and keep priority.
+twistd starts logging *after* ``makeService`` returns, with the first observer it finds of:
+``--logger``'s factory, an ``ILogObserver`` component on the application, its own default
+(``--syslog``, ``--logfile``, stdout).  :class:`TwistdLogging`, the service ``makeService``
+returns with the daemon inside, takes the middle place: it sets snsd's observer as that
+component when twistd makes it the application's service.  So ``--logger`` and a ``.tac``'s
+own component keep priority, ``--syslog`` keeps twistd's observer, and ``--logfile`` gets
+snsd's format in the file twistd would have written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -38,7 +42,10 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.logger import Logger as _TwistedLogger
+from twisted.python.components import Componentized
 from zope.interface import implementer
+
+from snsd.timestamps import iso
 
 TEXT, JSON = "text", "json"
 FORMATS = (TEXT, JSON)
@@ -58,7 +65,7 @@ _LEGACY_KEYS = frozenset({"message", "isError", "system", "time", "format", "why
 _RESERVED = ("time", "level", "namespace", "message")
 
 
-# Levels configure_logging's filter drops anyway; empty until it is called, so tests see every event.
+# Levels the daemon's filter drops anyway; empty until TwistdLogging sets them, so tests see every event.
 _dropped_levels: set[LogLevel] = set()
 
 
@@ -67,7 +74,8 @@ class Logger(_TwistedLogger):
 
     The filter drops them too, but only after ``emit`` has built the event and the publisher
     has passed it on: about 5 microseconds per per-message ``debug`` line on the request path,
-    where this costs one set lookup.  Used by the modules that log per message.
+    where this costs one set lookup.  Every snsd module logs through it, so there is one
+    ``Logger`` in use (tests may use twisted.logger's, which this only extends).
     """
 
     def emit(self, level, format=None, **kwargs):
@@ -79,14 +87,10 @@ class Logger(_TwistedLogger):
 def drop_levels_below(level: LogLevel | None) -> None:
     """Make :class:`Logger` skip events less severe than ``level`` (None: skip nothing).
 
-    configure_logging sets it to the daemon's level; in-process benchmarks set it themselves."""
+    TwistdLogging sets it to the daemon's level; in-process benchmarks set it themselves."""
     _dropped_levels.clear()
     if level is not None:
         _dropped_levels.update(other for other in LogLevel.iterconstants() if other < level)
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _jsonable(value):
@@ -109,7 +113,7 @@ def event_as_dict(event: dict) -> dict:
         # twisted.python.log messages (port open/closed): their "system" is the closest thing.
         namespace = event.get("log_system") or event.get("system") or "-"
     out = {
-        "time": _iso(event.get("log_time") or event.get("time") or 0.0),
+        "time": iso(event.get("log_time") or event.get("time") or 0.0),
         "level": level.name,
         "namespace": namespace,
         "message": formatEvent(event),
@@ -294,83 +298,81 @@ def make_observer(log_format: str, out=None, level: LogLevel = LogLevel.info, cl
     return FilteringLogObserver(throttle, [LogLevelFilterPredicate(defaultLogLevel=level)]), throttle
 
 
-_installed: dict = {}
+def log_file(twistd_options) -> object | None:
+    """The file twistd's own observer would write to for ``twistd_options`` (twistd's parsed
+    ``ServerOptions``; None outside twistd: stdout), or None with ``--syslog``.
+
+    The same choice as twistd's ``UnixAppLogger``: stdout under ``-n`` without ``--logfile`` or
+    with ``--logfile -``, else the file (``twistd.log`` by default), reopened on SIGUSR1."""
+    options = twistd_options if twistd_options is not None else {"nodaemon": True}
+    if options.get("syslog"):
+        return None
+    name = options.get("logfile") or ""
+    if name == "-" or (not name and options.get("nodaemon")):
+        return sys.stdout
+    from twisted.python.logfile import LogFile
+
+    out = LogFile.fromFullPath(name or "twistd.log")
+    # As twistd does: unless something else owns SIGUSR1 (or there is none: Windows).
+    if hasattr(signal, "SIGUSR1") and not signal.getsignal(signal.SIGUSR1):
+
+        def rotate(signum, _frame):
+            from twisted.internet import reactor
+
+            reactor.callFromThread(out.rotate)
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return out
 
 
-def configure_logging(log_format: str, *, level: LogLevel | None = None, reactor=None) -> None:
-    """Make twistd's default log observer ours (``log_format`` is ``text`` or ``json``).
+class TwistdLogging(MultiService):
+    """The service twistd runs: snsd's log observer, its periodic lines, and the daemon as a child.
 
-    Called from ``makeService``, before twistd starts logging.  Also starts, once the reactor
-    runs, the periodic throttle flush and activity summary.
+    Every ``SUMMARY_INTERVAL`` seconds (``clock``) the throttle says what it cut and the activity
+    summary says what happened; once more after the children have stopped (the drain's last jobs).
     """
-    if log_format not in FORMATS:
-        raise ValueError(f"unknown log format {log_format!r}; expected one of {FORMATS}")
-    level = level if level is not None else level_from_env()
-    if reactor is None:
-        from twisted.internet import reactor
-    throttles: list[Throttle] = []
 
-    def build(logger_self):
-        # Same file choice as twistd's own: stdout unless --logfile names a file.
-        name = getattr(logger_self, "_logfilename", "")
-        if getattr(logger_self, "_syslog", False):
-            return _installed["originals"][type(logger_self)](logger_self)
-        if name and name != "-":
-            from twisted.python.logfile import LogFile
+    def __init__(self, log_format: str, *, twistd_options=None, level: LogLevel | None = None, clock=None):
+        super().__init__()
+        if log_format not in FORMATS:
+            raise ValueError(f"unknown log format {log_format!r}; expected one of {FORMATS}")
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.log_format = log_format
+        self.level = level if level is not None else level_from_env()
+        self._twistd_options = twistd_options
+        self._clock = clock
+        self.throttle: Throttle | None = None
+        self._summary: ActivitySummary | None = None
+        self._last = clock.seconds()
+        ticks = TimerService(SUMMARY_INTERVAL, self.tick)
+        ticks.clock = clock
+        ticks.setServiceParent(self)
 
-            out = LogFile.fromFullPath(name)
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        if not isinstance(parent, Componentized) or parent.getComponent(ILogObserver) is not None:
+            return  # not twistd's application, or one with an observer of its own (a .tac)
+        out = log_file(self._twistd_options)
+        if out is None:
+            return  # --syslog: twistd's syslog observer
+        observer, self.throttle = make_observer(self.log_format, out, self.level, clock=self._clock)
+        parent.setComponent(ILogObserver, observer)
+        drop_levels_below(self.level)
+
+    def tick(self) -> None:
+        now = self._clock.seconds()
+        interval, self._last = max(now - self._last, 0.0), now
+        if self.throttle is not None:
+            self.throttle.flush(interval)
+        if self._summary is None:  # the first tick, as the service starts: counting starts here
+            self._summary = ActivitySummary(Logger(namespace="snsd.activity"))
         else:
-            out = sys.stdout
-        observer, throttle = make_observer(log_format, out, level, clock=reactor)
-        throttles.append(throttle)
-        return observer
+            self._summary.tick(interval)
 
-    _patch_twistd(build)
-    drop_levels_below(level)
-    reactor.callWhenRunning(_start_periodic, reactor, throttles)
+    def stopService(self):
+        def last_tick(result):
+            self.tick()
+            return result
 
-
-def _patch_twistd(build) -> None:
-    from twisted.application import app
-
-    classes = [app.AppLogger]
-    try:
-        from twisted.scripts._twistd_unix import UnixAppLogger
-
-        classes.append(UnixAppLogger)
-    except ImportError:  # Windows
-        pass
-    originals = _installed.setdefault("originals", {cls: cls.__dict__.get("_getLogObserver") for cls in classes})
-    for cls in classes:
-        if originals.get(cls) is None:
-            originals[cls] = cls._getLogObserver
-        cls._getLogObserver = build
-
-
-def unconfigure_logging() -> None:
-    """Undo :func:`configure_logging`'s hook (for tests)."""
-    drop_levels_below(None)
-    for cls, original in _installed.pop("originals", {}).items():
-        cls._getLogObserver = original
-
-
-def _start_periodic(reactor, throttles: list[Throttle]) -> None:
-    from twisted.internet.task import LoopingCall
-    from twisted.logger import Logger
-
-    summary = ActivitySummary(Logger(namespace="snsd.activity"))
-    last = [reactor.seconds()]
-
-    def tick():
-        now = reactor.seconds()
-        interval, last[0] = max(now - last[0], 0.0), now
-        for throttle in throttles:
-            throttle.flush(interval)
-        summary.tick(interval)
-
-    loop = LoopingCall(tick)
-    loop.clock = reactor
-    loop.start(SUMMARY_INTERVAL, now=False)
-    # The last partial interval too, once the drain is done.
-    reactor.addSystemEventTrigger("after", "shutdown", tick)
-    _installed["loop"] = loop
+        return super().stopService().addBoth(last_tick)

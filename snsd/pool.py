@@ -19,8 +19,9 @@ import threading
 
 from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+
+from snsd.logs import Logger
 
 log = Logger()
 
@@ -67,11 +68,12 @@ class WorkerPool(Service):
             log.warn("--job-nice {nice} ignored: per-thread niceness needs Linux", nice=nice)
             nice = 0
         self.nice = nice
+        self._stopping = False
         self._pool = ThreadPool(minthreads=0, maxthreads=workers, name="snsd-jobs")
         self._pool.threadFactory = type("WorkerThread", (_WorkerThread,), {"nice": nice})
 
     def is_ready(self) -> bool:
-        return bool(self.running) and self._pool.started
+        return bool(self.running) and self._pool.started and not self._stopping
 
     def startService(self):
         Service.startService(self)
@@ -83,15 +85,18 @@ class WorkerPool(Service):
 
     def stop(self, join: bool = True) -> None:
         """Stop the pool; ``join=False`` leaves still-running (daemon) threads behind."""
+        if self._stopping:
+            return
+        self._stopping = True
         if not self._pool.started:
             return
         if join:
             self._pool.stop()
         else:
-            # ThreadPool.stop() without its join: the team quits once current jobs end.
-            self._pool.joined = True
-            self._pool.started = False
-            self._pool._team.quit()
+            # ThreadPool.stop() tells the threads to quit once their jobs end, then joins them; the
+            # join happens in a daemon thread of its own, so nothing waits for a job that outlived
+            # the drain (the process may exit under it).
+            threading.Thread(target=self._pool.stop, name="snsd-jobs-stop", daemon=True).start()
 
     def stopService(self):
         Service.stopService(self)

@@ -94,8 +94,8 @@ class Spool(Protocol):
     def dead_letter_remaining(self, after_id: int, reason: str) -> Deferred[list[tuple[int, str, str]]]:
         """Dead-letter every record with id > ``after_id``; fire with ``(id, message_id, record JSON)`` of each."""
 
-    def prune(self, ttl: float) -> Deferred[int]:
-        """Forget MessageIds no longer to be remembered; fire with how many were forgotten."""
+    def prune(self) -> Deferred[int]:
+        """Forget the MessageIds whose ``remember_until`` has passed; fire with how many were forgotten."""
 
     def counts(self) -> Deferred[dict[str, int]]:
         """``{"records": records owed a result, "dead_letters": dead letters kept}``."""

@@ -1,10 +1,12 @@
 """The durable spool: accepted records live here until their result or dead letter is written.
 
-One SQLite database (WAL mode) holds three tables:
+One SQLite database (WAL mode; its layout and versions are in :mod:`snsd.spool_schema`) holds:
 
-- ``messages``: each accepted SNS envelope with its MessageId and acceptance time; it also
-  serves duplicate detection across restarts;
+- ``messages``: each accepted MessageId, when it was accepted and until when a redelivery of
+  it is a duplicate (duplicate detection across restarts);
 - ``records``: one row per S3 object still owed a result;
+- ``envelopes``: the SNS envelope of each message with records in ``records``, for their
+  dead letters; it leaves with its message's last record;
 - ``dead_letters``: records whose job failed, that the breaker skipped, or that a drain
   could not start, with the original envelope.
 
@@ -16,7 +18,8 @@ Why not a writer thread: with ``synchronous=NORMAL`` in WAL mode a commit is a w
 page cache, no fsync, and costs less (tens of microseconds) than handing each operation to
 another thread and back under the GIL (measured in docs/performance.md).  The one step that
 does fsync, the WAL checkpoint, is taken off the reactor: automatic checkpoints are off and a
-thread checkpoints from its own connection every ``CHECKPOINT_EVERY`` operations.
+thread checkpoints from its own connection every ``CHECKPOINT_EVERY`` operations; when the WAL
+has grown past ``WAL_RESET_BYTES`` anyway, commits pause while the thread resets it.
 
 :class:`SQLiteSpool` is one implementation of :class:`snsd.protocols.Spool`, the interface the
 dispatcher and the daemon use, so another backend (SQS, say) can stand in for it.
@@ -24,16 +27,18 @@ dispatcher and the daemon use, so another backend (SQS, say) can stand in for it
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from collections.abc import Generator
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from snsd import spool_schema as schema
 from snsd.envelope import SNSEnvelope
+from snsd.logs import Logger
 from snsd.protocols import Recovery, SpooledRecord
 from snsd.records import S3ObjectRecord
 from snsd.spool_schema import SpoolVersionError  # noqa: F401 - what open() raises for a newer file
@@ -48,6 +53,16 @@ MAX_BATCH = 512
 LAZY_DELAY = 0.05
 # Operations between WAL checkpoints (each a few pages of WAL; SQLite's own default is 1000 pages).
 CHECKPOINT_EVERY = 1000
+# Ids a prune forgets, and free pages it gives back, per operation: each slice is one statement
+# on the reactor, so these bound how long one holds up the answers (docs/performance.md).
+PRUNE_SLICE = 5000
+VACUUM_SLICE = 2048
+# Free pages a prune leaves in the file (4 MB at SQLite's 4 KB pages), for the inserts to come.
+FREE_PAGES_KEPT = 1024
+# A WAL larger than this after a checkpoint is reset (see SQLiteSpool._reset_wal_if_big); the
+# reset may wait this long (seconds) for a reader, while commits wait for it.
+WAL_RESET_BYTES = 16 * 1024 * 1024
+WAL_RESET_WAIT = 0.2
 
 
 @dataclass(frozen=True)
@@ -62,10 +77,11 @@ class DeadLetter:
     attempts: int
 
 
-def connect(path: str, autocheckpoint: bool = True) -> sqlite3.Connection:
+def connect(path: str, autocheckpoint: bool = True, dedup_ttl: float = 3600.0) -> sqlite3.Connection:
     """Open the spool at ``path``, upgraded to this code's layout.
 
-    Raises :class:`SpoolVersionError`, having written nothing, for a file of a newer release."""
+    Raises :class:`SpoolVersionError`, having written nothing, for a file of a newer release.
+    ``dedup_ttl`` dates the remembered ids of a file from before ``remember_until`` existed."""
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout=5000")
@@ -79,7 +95,7 @@ def connect(path: str, autocheckpoint: bool = True) -> sqlite3.Connection:
         # or power loss can lose the last transactions.
         conn.execute("PRAGMA synchronous=NORMAL")
         fresh = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone() == (0,)
-        found = schema.upgrade(conn)
+        found = schema.upgrade(conn, dedup_ttl)
     except BaseException:
         conn.close()
         raise
@@ -93,23 +109,17 @@ def connect(path: str, autocheckpoint: bool = True) -> sqlite3.Connection:
     return conn
 
 
-def _accept_message(conn: sqlite3.Connection, message: tuple, seen_since: float) -> bool:
-    """Record ``(message_id, topic_arn, envelope, accepted_at)``; False if that id was accepted
-    at or after ``seen_since`` already (a redelivery: the caller writes nothing)."""
-    if conn.execute(
-        "INSERT OR IGNORE INTO messages (message_id, topic_arn, envelope, accepted_at) VALUES (?, ?, ?, ?)", message
-    ).rowcount:
-        return True
-    # The endpoint's in-memory check keeps a bounded number of ids; this table keeps them all for
-    # the TTL.  Older than that (not pruned yet), the message is new again.
-    (accepted_at,) = conn.execute("SELECT accepted_at FROM messages WHERE message_id = ?", message[:1]).fetchone()
-    if accepted_at >= seen_since:
-        return False
-    message_id, *fields = message
-    conn.execute(
-        "UPDATE messages SET topic_arn = ?, envelope = ?, accepted_at = ? WHERE message_id = ?", (*fields, message_id)
-    )
-    return True
+def _accept_message(conn: sqlite3.Connection, message: tuple[str, float, float], now: float) -> bool:
+    """Remember ``(message_id, accepted_at, remember_until)``; False if that id is remembered
+    already (a redelivery: the caller writes nothing)."""
+    # One statement: a new id is inserted; a known one whose time is over (not pruned yet) is
+    # new again and takes the new times; a known one still remembered changes nothing.
+    return conn.execute(
+        "INSERT INTO messages (message_id, accepted_at, remember_until) VALUES (?, ?, ?)"
+        " ON CONFLICT (message_id) DO UPDATE SET accepted_at = excluded.accepted_at,"
+        " remember_until = excluded.remember_until WHERE messages.remember_until < ?",
+        (*message, now),
+    ).rowcount
 
 
 class SQLiteSpool:
@@ -126,6 +136,8 @@ class SQLiteSpool:
         self._flush_call = None
         self._since_checkpoint = 0
         self._checkpointing = False
+        self._paused = False  # commits wait while the WAL is reset
+        self.wal_resets = 0  # for tests and benchmarks
         self.last_checkpoint: Deferred | None = None  # for tests: fires with (busy, wal frames, copied)
         self.commits = 0  # for tests and benchmarks: how many transactions ran
         self._dedup_ttl = 3600.0  # set by open()
@@ -138,20 +150,19 @@ class SQLiteSpool:
         ``dedup_ttl``: how long an accepted MessageId keeps :meth:`add` from accepting it again.
         """
         self._dedup_ttl = dedup_ttl
-        self._conn = connect(self.path, autocheckpoint=self._inline or self.in_memory)
-        return self._submit(self._recover_since(self._clock.seconds() - dedup_ttl))
+        self._conn = connect(self.path, autocheckpoint=self._inline or self.in_memory, dedup_ttl=dedup_ttl)
+        return self._submit(self._recover_at(self._clock.seconds()))
 
     @staticmethod
-    def _recover_since(since: float):
+    def _recover_at(now: float):
         def recover(conn):
             (pending,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()
+            # In the order they stop being remembered (the index's): about the order of acceptance.
             recent = conn.execute(
-                "SELECT message_id, accepted_at FROM messages WHERE accepted_at >= ? ORDER BY accepted_at", (since,)
+                "SELECT message_id, accepted_at FROM messages WHERE remember_until >= ? ORDER BY remember_until",
+                (now,),
             ).fetchall()
-            conn.execute(
-                "DELETE FROM messages WHERE accepted_at < ? AND message_id NOT IN (SELECT message_id FROM records)",
-                (since,),
-            )
+            conn.execute("DELETE FROM messages WHERE remember_until < ?", (now,))
             return Recovery(pending=pending, recent_message_ids=tuple(recent))
 
         return recover
@@ -161,7 +172,7 @@ class SQLiteSpool:
         if self._conn is None:
             return succeed(None)
         while self._queued:  # a flush takes at most MAX_BATCH operations
-            self._flush()
+            self._flush(force=True)
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
@@ -180,33 +191,36 @@ class SQLiteSpool:
         now = self._clock.seconds()
         message = self._remembered(envelope, now, remember_until)
         rows = [(envelope.message_id, r.to_json(), now) for r in records]
-        seen_since = now - self._dedup_ttl
+        # Kept while any of the records is owed a result, for its dead letter if it gets one.
+        kept = (envelope.raw.decode("utf-8", "replace"), len(rows))
 
         def add(conn):
-            if not _accept_message(conn, message, seen_since):
+            if not _accept_message(conn, message, now):
                 return None
+            if not rows:
+                return []
+            envelope_id = conn.execute("INSERT INTO envelopes (envelope, pending) VALUES (?, ?)", kept).lastrowid
             ids = []
             for row in rows:
-                cursor = conn.execute("INSERT INTO records (message_id, record, enqueued_at) VALUES (?, ?, ?)", row)
+                cursor = conn.execute(
+                    "INSERT INTO records (message_id, record, enqueued_at, envelope_id) VALUES (?, ?, ?, ?)",
+                    (*row, envelope_id),
+                )
                 ids.append(cursor.lastrowid)
             return ids
 
         return self._submit(add)
 
-    def _remembered(self, envelope: SNSEnvelope, now: float, remember_until: float | None) -> tuple:
-        """The ``messages`` row of an accepted message.  The table keeps the time an id stops being
-        remembered as ``accepted_at`` + TTL, so a later ``remember_until`` shifts ``accepted_at``."""
-        accepted_at = now if remember_until is None else remember_until - self._dedup_ttl
-        return (envelope.message_id, envelope.topic_arn, envelope.raw.decode("utf-8", "replace"), accepted_at)
+    def _remembered(self, envelope: SNSEnvelope, now: float, remember_until: float | None) -> tuple[str, float, float]:
+        """The ``messages`` row of a message accepted ``now``."""
+        return (envelope.message_id, now, now + self._dedup_ttl if remember_until is None else remember_until)
 
     def forget(self, message_id: str) -> Deferred:
         """Let a redelivery of ``message_id`` in again: its delivery was answered 5xx after all
         (``--ack after-job``), so SNS will retry it, and the retry must not read as a duplicate."""
-
-        def forget(conn):
-            conn.execute("UPDATE messages SET accepted_at = 0 WHERE message_id = ?", (message_id,))
-
-        return self._submit(forget)
+        return self._submit(
+            lambda conn: conn.execute("DELETE FROM messages WHERE message_id = ?", (message_id,)) and None
+        )
 
     def add_dead_letters(
         self,
@@ -220,11 +234,10 @@ class SQLiteSpool:
         True, or with None if the message's id is still remembered (as :meth:`add`)."""
         now = self._clock.seconds()
         message = self._remembered(envelope, now, remember_until)
-        envelope_text = message[2]
-        seen_since = now - self._dedup_ttl
+        envelope_text = envelope.raw.decode("utf-8", "replace")
 
         def add(conn):
-            if not _accept_message(conn, message, seen_since):
+            if not _accept_message(conn, message, now):
                 return None
             conn.executemany(
                 "INSERT INTO dead_letters (message_id, record, envelope, reason, error, failed_at, attempts)"
@@ -266,8 +279,8 @@ class SQLiteSpool:
         def move(conn):
             conn.execute(
                 "INSERT INTO dead_letters (message_id, record, envelope, reason, error, failed_at, attempts)"
-                " SELECT r.message_id, r.record, m.envelope, ?, ?, ?, r.attempts FROM records r"
-                " LEFT JOIN messages m ON m.message_id = r.message_id WHERE r.id = ?",
+                " SELECT r.message_id, r.record, e.envelope, ?, ?, ?, r.attempts FROM records r"
+                " LEFT JOIN envelopes e ON e.id = r.envelope_id WHERE r.id = ?",
                 (reason, error, now, record_id),
             )
             conn.execute("DELETE FROM records WHERE id = ?", (record_id,))
@@ -284,8 +297,8 @@ class SQLiteSpool:
             ).fetchall()
             conn.execute(
                 "INSERT INTO dead_letters (message_id, record, envelope, reason, error, failed_at, attempts)"
-                " SELECT r.message_id, r.record, m.envelope, ?, NULL, ?, r.attempts FROM records r"
-                " LEFT JOIN messages m ON m.message_id = r.message_id WHERE r.id > ?",
+                " SELECT r.message_id, r.record, e.envelope, ?, NULL, ?, r.attempts FROM records r"
+                " LEFT JOIN envelopes e ON e.id = r.envelope_id WHERE r.id > ?",
                 (reason, now, after_id),
             )
             conn.execute("DELETE FROM records WHERE id > ?", (after_id,))
@@ -293,21 +306,54 @@ class SQLiteSpool:
 
         return self._submit(move)
 
-    def prune(self, ttl: float) -> Deferred:
-        """Forget messages accepted more than ``ttl`` seconds ago whose records are all done.
+    @inlineCallbacks
+    def prune(self) -> Generator[Deferred, object, int]:
+        """Forget the ids whose time to be remembered is over, and give the freed space back.
 
-        Fires with the number of messages forgotten; keeps the table (and its envelopes)
-        from growing for as long as the daemon runs.
+        Fires with the number of ids forgotten.  In slices, each its own operation: at a high
+        rate a prune meets hundreds of thousands of ids, and one statement for all of them would
+        hold the reactor (and every answer) for a second.
         """
-        since = self._clock.seconds() - ttl
+        now = self._clock.seconds()
 
-        def prune(conn):
+        def forget_some(conn):
             return conn.execute(
-                "DELETE FROM messages WHERE accepted_at < ? AND message_id NOT IN (SELECT message_id FROM records)",
-                (since,),
+                "DELETE FROM messages WHERE message_id IN"
+                " (SELECT message_id FROM messages WHERE remember_until < ? LIMIT ?)",
+                (now, PRUNE_SLICE),
             ).rowcount
 
-        return self._submit(prune)
+        forgotten = 0
+        while True:
+            some = yield self._submit(forget_some)
+            forgotten += some
+            if some < PRUNE_SLICE:
+                break
+        while self._give_back() == VACUUM_SLICE:
+            yield self._next_turn()  # let the answers waiting meanwhile go out
+        return forgotten
+
+    def _give_back(self) -> int:
+        """Give up to ``VACUUM_SLICE`` free pages back to the file system, keeping
+        ``FREE_PAGES_KEPT`` for the inserts to come; returns how many it gave back."""
+        conn = self._conn
+        if conn is None or self._paused or conn.in_transaction:  # closed, or not between commits now
+            return 0
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        pages = min(free - FREE_PAGES_KEPT, VACUUM_SLICE)
+        if pages <= 0:
+            return 0
+        # Its own transaction, between group commits.  Not execute(): it steps a statement once,
+        # and each step of this pragma frees one page; executescript steps it to the end.
+        conn.executescript(f"PRAGMA incremental_vacuum({pages})")
+        return pages
+
+    def _next_turn(self) -> Deferred:
+        if self._inline:
+            return succeed(None)
+        d = Deferred()
+        self._reactor.callLater(0, d.callback, None)
+        return d
 
     def counts(self) -> Deferred:
         def counts(conn):
@@ -335,8 +381,13 @@ class SQLiteSpool:
             self._flush_call.reset(0)  # a lazy flush was waiting: this operation cannot
         return d
 
-    def _flush(self) -> list[Deferred]:
-        """Run the queued operations in one transaction; fire their Deferreds once it commits."""
+    def _flush(self, force: bool = False) -> list[Deferred]:
+        """Run the queued operations in one transaction; fire their Deferreds once it commits.
+
+        Not while the WAL is being reset (they wait for the next flush), unless ``force``d."""
+        if self._paused and not force:
+            self._flush_call = None
+            return []
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()  # called directly (close): the scheduled flush would find nothing
         self._flush_call = None
@@ -392,22 +443,61 @@ class SQLiteSpool:
             return
         self._checkpointing = True
         self._since_checkpoint = 0
-        path = self.path
-
-        def checkpoint():
-            conn = sqlite3.connect(path, isolation_level=None)
-            try:
-                return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            finally:
-                conn.close()
 
         def done(result):
             self._checkpointing = False
             return result
 
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), checkpoint)
+        d = self._in_thread(_wal_checkpoint, self.path, "PASSIVE", 5.0)
+        d.addCallback(self._reset_wal_if_big)
         d.addBoth(done).addErrback(lambda f: log.failure("spool checkpoint failed", f))
         self.last_checkpoint = d
+
+    def _reset_wal_if_big(self, passive: tuple) -> Deferred | tuple:
+        """Start the WAL again from its beginning once it has grown past ``WAL_RESET_BYTES``.
+
+        SQLite rewinds the WAL only when a write begins after a checkpoint that copied all of it;
+        under steady load a commit always lands while the passive checkpoint runs, so the WAL
+        never rewinds and grows by every page every commit writes (about 25 KB a message at 100
+        messages/s).  Here commits pause, on the reactor, without blocking it (operations queue
+        up and join the next group commit), while a thread copies what the passive checkpoint
+        left (the frames written meanwhile: few) and truncates the WAL.
+        """
+        if self._conn is None or _size(self.path + "-wal") <= WAL_RESET_BYTES:
+            return passive
+        self._paused = True
+
+        def resume(result):
+            self._paused = False
+            if self._queued and self._flush_call is None and self._conn is not None:
+                self._flush_call = self._reactor.callLater(0, self._flush)
+            if isinstance(result, Failure):
+                log.failure("resetting the spool's WAL failed", result)
+            elif result[0] == 0:  # not busy: done
+                self.wal_resets += 1
+            return passive
+
+        # A reader (snsd-admin) can keep it waiting: not for long, the commits are paused.
+        return self._in_thread(_wal_checkpoint, self.path, "TRUNCATE", WAL_RESET_WAIT).addBoth(resume)
+
+    def _in_thread(self, f, *args) -> Deferred:
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+
+
+def _wal_checkpoint(path: str, mode: str, wait: float) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(mode)`` from a connection of its own: (busy, WAL frames, copied)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=wait)
+    try:
+        return conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    finally:
+        conn.close()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _fire(d: Deferred, outcome) -> None:

@@ -11,7 +11,9 @@ def makeService(options: Options):
     from twisted.internet import reactor
 
     from snsd.daemon import build_daemon
-    from snsd.logs import configure_logging
+    from snsd.logs import TwistdLogging
 
-    configure_logging(options.settings.log_format)
-    return build_daemon(reactor, options.settings)
+    # Under twistd, ``options.parent`` is twistd's own parsed options (--logfile, --syslog, -n).
+    top = TwistdLogging(options.settings.log_format, twistd_options=getattr(options, "parent", None))
+    build_daemon(reactor, options.settings).setServiceParent(top)
+    return top

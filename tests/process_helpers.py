@@ -33,10 +33,25 @@ def missing(record):
 """
 
 
+def poll_until(predicate, timeout: float, what: str, output=lambda: ""):
+    """Poll ``predicate()`` until it is truthy and return its value: the code under test is
+    another process, so polling its observable output is the synchronisation we have.  On
+    timeout the assertion names ``what`` and shows the end of ``output()``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; output:\n{output()[-4000:]}")
+        time.sleep(0.05)
+
+
 class Daemon:
     """A ``twistd -n snsd`` process listening on a kernel-chosen loopback port."""
 
-    def __init__(self, workdir: Path, *args: str, env: dict | None = None):
+    def __init__(self, workdir: Path, *args: str, env: dict | None = None, nofile: int | None = None):
+        """``nofile``: the process's file-descriptor limit (RLIMIT_NOFILE), lowered before twistd starts."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "snsd_test_jobs.py").write_text(JOBS_SOURCE)
@@ -57,6 +72,7 @@ class Daemon:
         ]
         self.env = {**os.environ, "PYTHONPATH": str(self.workdir), **(env or {})}
         self.process: subprocess.Popen | None = None
+        self.nofile = nofile
         self.port: int | None = None
         self.admin_port: int | None = None  # the admin listener's (/breaker, /metrics)
 
@@ -73,6 +89,7 @@ class Daemon:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if self.nofile is None else self._lower_nofile,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -90,6 +107,11 @@ class Daemon:
                 self.port = int(found.group(1))
             time.sleep(0.05)
         raise RuntimeError(f"twistd not ready within {timeout}s:\n{self.output()}")
+
+    def _lower_nofile(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -140,15 +162,7 @@ class Daemon:
         return [json.loads(line) for line in self.results.read_text().splitlines() if line.strip()]
 
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
-        """Poll ``predicate()`` until it is truthy: the daemon is another process, so polling
-        its observable output is the synchronisation we have."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
+        return poll_until(predicate, timeout, what, self.output)
 
 
 def notification(message: str, message_id: str, topic_arn: str = "arn:aws:sns:us-east-1:123456789012:uploads") -> bytes:

@@ -44,6 +44,9 @@ class Container:
     def __init__(self, image: str, data: Path, *args: str, env: dict | None = None, mounts=()):
         self.image, self.data, self.args = image, data, args
         self.port = free_port()
+        # The admin listener (/metrics) defaults to 127.0.0.1:9090: with --network host every
+        # container needs a free port of its own.
+        self.admin_port = free_port()
         self.name = f"snsd-test-{uuid.uuid4().hex[:8]}"
         self.env = {
             # The image's HEALTHCHECK asks this URL: it follows --port.
@@ -64,7 +67,8 @@ class Container:
             argv += ["--volume", f"{source}:{target}:ro"]
         for name, value in self.env.items():
             argv += ["--env", f"{name}={value}"]
-        argv += [self.image, "--port", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
+        argv += [self.image, "--port", f"tcp:{self.port}:interface=127.0.0.1"]
+        argv += ["--admin-port", f"tcp:{self.admin_port}:interface=127.0.0.1", *self.args]
         self.started_at = time.monotonic()
         docker(*argv)
         return self
@@ -259,8 +263,6 @@ class TestAgainstLocalStack:
             "SNSD_TEST_JOB_SECONDS": "4",
             "SNS_WORKER_MAX": "2",
             "SNSD_DRAIN_TIMEOUT_SECONDS": "20",
-            # /metrics is read on the published main port below; it is on the admin listener otherwise.
-            "SNSD_ADMIN_ON_MAIN_PORT": "1",
         }
         mounts = [(jobs, "/opt/snsd-test-jobs")]
         first = containers(snsd_image.tag, data, *args, env=env, mounts=mounts)
@@ -273,7 +275,7 @@ class TestAgainstLocalStack:
             s3.put_object(Bucket=bucket, Key=key, Body=b"x\n1\n")
 
         def all_accepted():
-            status, text = get(first.url + "/metrics")
+            status, text = get(f"http://127.0.0.1:{first.admin_port}/metrics")
             return status == 200 and metric_sum(text, "snsd_requests_total", type="Notification", status="200") >= 6
 
         first.wait_for(all_accepted, what="six notifications accepted")

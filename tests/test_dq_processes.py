@@ -77,7 +77,7 @@ def test_a_child_killed_between_jobs_fails_no_job_and_the_next_job_gets_a_new_po
     job = ProcessPoolJob(load_rules(rules), processes=1)
     try:
         assert job(record)["verdict"] == "passed"
-        (child,) = job._executor._processes.values()
+        (child,) = multiprocessing.active_children()
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         # The job finds the pool broken by a death it had no part in: it runs on a fresh pool.
@@ -90,42 +90,81 @@ def test_a_child_killed_between_jobs_fails_no_job_and_the_next_job_gets_a_new_po
         job(record)
 
 
-def _scripted(barrier, marker: str, record: dict) -> dict:
+def _scripted(barrier, release, marker: str, record: dict) -> dict:
     """A child's job for the crash tests: every first attempt meets at ``barrier`` so all are in
-    the pool at once; then "die" kills its process (and does again when retried), "wait" waits until
-    the broken pool stops its process and, retried, passes."""
+    the pool at once; then "die" kills its process (and does again when retried), the others wait
+    for ``release`` and pass."""
     if not os.path.exists(marker):
         barrier.wait()
         if record["key"] == "die":
-            open(marker, "w").close()  # after the barrier: every "wait" has looked for it already
-        else:
-            threading.Event().wait()
+            open(marker, "w").close()  # after the barrier: a retry will not wait for the others
     if record["key"] == "die":
         os.kill(os.getpid(), signal.SIGKILL)
+    release.wait()
     return {"verdict": "passed", "pid": os.getpid()}
 
 
 def test_a_child_dying_fails_only_the_job_that_killed_it_not_the_others_in_the_pool(tmp_path):
     job = ProcessPoolJob(None, processes=4)
     with multiprocessing.get_context("spawn").Manager() as manager, ThreadPoolExecutor(4) as threads:
-        job._target = functools.partial(_scripted, manager.Barrier(4), str(tmp_path / "died"))
+        release = manager.Event()
+        job._target = functools.partial(_scripted, manager.Barrier(4), release, str(tmp_path / "died"))
         try:
             keys = ["wait", "wait", "die", "wait"]
-            lines = [
-                f.result(timeout=120) for f in [threads.submit(run_job, job, S3ObjectRecord("b", k), 1) for k in keys]
-            ]
+            futures = [threads.submit(run_job, job, S3ObjectRecord("b", k), 1) for k in keys]
+            died = futures[2].result(timeout=120)
+            assert (died["status"], died["error_kind"]) == ("error", "worker_crashed")  # one failure for the breaker
+            assert "died again when the job was run again alone" in died["error"]
+            # The other three were in the pool when their neighbour died, and are still running.
+            assert not any(f.done() for f in futures[:2] + futures[3:])
+            release.set()
+            lines = [f.result(timeout=120) for f in futures]
             assert [(line["status"], line["error_kind"]) for line in lines] == [
                 ("ok", None),
                 ("ok", None),
-                ("error", "worker_crashed"),  # one failure towards the circuit breaker, not four
+                ("error", "worker_crashed"),
                 ("ok", None),
             ]
-            assert "died again when the job was run again alone" in lines[2]["error"]
-            assert job.pools_replaced == 1  # four jobs saw the pool break; it was replaced once
-            assert job._alone is None  # the process for retried jobs is stopped once none waits
-            assert job(S3ObjectRecord("b", "next"))["verdict"] == "passed"  # the fresh pool
+            assert len({line["result"]["pid"] for line in lines[:2] + lines[3:]}) == 3  # each in its own child
+            # The process for the retried job is stopped; the pool is whole again: 4 children and the manager.
+            assert len(multiprocessing.active_children()) == 4 + 1
+            assert job(S3ObjectRecord("b", "next"))["verdict"] == "passed"
+            assert job.pools_replaced == 0
         finally:
             job.close()
+    assert multiprocessing.active_children() == []
+
+
+def _niceness(record: dict) -> dict:
+    return {"verdict": "passed", "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+
+
+def test_the_children_run_at_the_job_niceness():
+    job = ProcessPoolJob(None, processes=1, nice=5)
+    job._target = _niceness
+    try:
+        assert job(S3ObjectRecord("b", "k"))["nice"] == os.getpriority(os.PRIO_PROCESS, 0) + 5
+    finally:
+        job.close()
+
+
+def _forever(started, record: dict) -> dict:
+    started.put(os.getpid())
+    threading.Event().wait()
+
+
+def test_close_stops_running_jobs_and_their_threads_raise():
+    job = ProcessPoolJob(None, processes=1)
+    with multiprocessing.get_context("spawn").Manager() as manager, ThreadPoolExecutor(1) as threads:
+        started = manager.Queue()
+        job._target = functools.partial(_forever, started)
+        running = threads.submit(job, S3ObjectRecord("b", "k"))
+        pid = started.get(timeout=120)
+        job.close()
+        with pytest.raises(RuntimeError, match="shut down"):
+            running.result(timeout=30)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped and reaped
 
 
 @pytest.mark.localstack
@@ -136,7 +175,7 @@ def test_children_run_the_rules_validated_at_startup_not_the_file_as_edited_sinc
         with open(rules, "w") as f:  # after startup, before the first child is spawned
             f.write("- {name: edited, schema: {fields: [{name: id, type: int}]}}\n")  # invalid: type int
         assert job(record)["rule_set"] == "people"
-        (child,) = job._executor._processes.values()
+        (child,) = multiprocessing.active_children()
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         with open(rules, "w") as f:  # a valid edit is not picked up by the next generation either

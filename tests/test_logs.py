@@ -6,13 +6,24 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
 
 import pytest
+from twisted.application.service import Application
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel
+from twisted.logger import ILogObserver, Logger, LogLevel
 
-from snsd.logs import ActivitySummary, JSONLinesObserver, Throttle, event_as_dict, level_from_env, make_observer
-from tests.process_helpers import Daemon, notification
+from snsd.logs import (
+    ActivitySummary,
+    JSONLinesObserver,
+    Throttle,
+    TwistdLogging,
+    drop_levels_below,
+    event_as_dict,
+    level_from_env,
+    make_observer,
+)
+from tests.process_helpers import LISTENING, TWISTD, Daemon, notification, poll_until
 from tests.trust_helpers import notification as sns_notification
 from tests.trust_helpers import signed
 from tests.web_harness import Snsd, s3_message
@@ -201,6 +212,88 @@ def test_activity_summary_reports_what_the_interval_answered_and_ran(tmp_path):
     assert line["requests"] == 8 and line["message"].startswith("last 10.0s: 8 requests (200: 7, 400: 1)")
     assert summary.tick(10) is None  # idle interval: silent
     assert len(lines_of(out)) == 1
+
+
+@pytest.fixture
+def twistd_logging():
+    """A TwistdLogging made the service of a fresh twistd application, as twistd does."""
+    made = []
+
+    def make(log_format="json", **twistd_options):
+        application = Application("snsd")
+        clock = Clock()
+        top = TwistdLogging(log_format, twistd_options={"nodaemon": True, **twistd_options}, clock=clock)
+        top.setServiceParent(application)
+        made.append(top)
+        return application, top, clock
+
+    yield make
+    drop_levels_below(None)  # setServiceParent set the process-wide level
+
+
+def test_twistd_finds_snsds_observer_on_the_application_writing_where_logfile_says(twistd_logging, tmp_path):
+    path = tmp_path / "snsd.log"
+    application, _, _ = twistd_logging(logfile=str(path))
+    observer = application.getComponent(ILogObserver)  # where twistd's AppLogger.start looks
+    Logger(namespace="snsd.daemon", observer=observer).info("listening on {host}:{port}", host="h", port=1)
+    Logger(namespace="snsd.web", observer=observer).debug("accepted {message_id}", message_id="m")  # below info
+    [line] = [json.loads(text) for text in path.read_text().splitlines()]
+    assert line["message"] == "listening on h:1" and line["port"] == 1
+
+
+def test_an_applications_own_observer_and_syslog_keep_twistds_choice(twistd_logging):
+    own = Application("tac")
+    own.setComponent(ILogObserver, print)
+    TwistdLogging("json", twistd_options={"nodaemon": True}, clock=Clock()).setServiceParent(own)
+    assert own.getComponent(ILogObserver) is print
+    application, _, _ = twistd_logging(syslog=True)
+    assert application.getComponent(ILogObserver) is None  # twistd builds its syslog observer
+
+
+def test_every_interval_the_throttle_reports_what_it_cut_and_once_more_after_the_children_stop(
+    twistd_logging, tmp_path
+):
+    path = tmp_path / "snsd.log"
+    application, top, clock = twistd_logging(logfile=str(path))
+    log = Logger(namespace="snsd.dispatcher", observer=application.getComponent(ILogObserver))
+    top.startService()
+    for i in range(7):
+        log.warn("job failed {key}", key=f"k{i}")
+    assert len(path.read_text().splitlines()) == 5
+    clock.advance(10)
+    summary = json.loads(path.read_text().splitlines()[-1])
+    assert summary["suppressed"] == 2 and summary["interval"] == 10
+    for i in range(6):
+        log.warn("job failed {key}", key=f"again-{i}")
+    clock.advance(4)
+    top.stopService()  # the last partial interval
+    summary = json.loads(path.read_text().splitlines()[-1])
+    assert summary["suppressed"] == 1 and summary["interval"] == 4
+
+
+@pytest.mark.process
+def test_twistd_logfile_gets_snsds_json_lines(tmp_path):
+    path = tmp_path / "snsd.log"
+    args = ["--port", "tcp:0:interface=127.0.0.1", "--dry-run", "--spool", ":memory:", "--log-format", "json"]
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "--logfile", str(path), "snsd", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        poll_until(
+            lambda: process.poll() is not None or (path.exists() and LISTENING.search(path.read_bytes())),
+            60,
+            "the listening line",
+        )
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=60)
+    lines = [json.loads(text) for text in path.read_text().splitlines()]  # every line parses
+    assert any(line["message"].startswith("listening on") for line in lines)
+    assert stdout == b""
 
 
 @pytest.mark.process

@@ -1,4 +1,4 @@
-"""What only the SQLite spool does: group commits, checkpoints off the reactor, WAL mode.
+"""What only the SQLite spool does: group commits, checkpoints off the reactor, WAL mode, a lean file.
 
 What every spool does (add, claim, complete, dead letters, recovery, dedup) is in
 ``test_spool_protocol.py``, run against this implementation among others."""
@@ -16,13 +16,13 @@ from snsd.records import S3ObjectRecord
 from snsd.spool import SQLiteSpool
 
 
-def envelope(message_id="m-1"):
+def envelope(message_id="m-1", message="{}"):
     body = json.dumps(
         {
             "Type": "Notification",
             "MessageId": message_id,
             "TopicArn": "arn:aws:sns:us-east-1:1:t",
-            "Message": "{}",
+            "Message": message,
             "Timestamp": "2026-11-29T10:00:00.000Z",
         }
     ).encode()
@@ -78,6 +78,46 @@ async def test_an_operation_that_fails_fails_alone_in_its_group_commit(path):
     assert len(await before) == 1 and len(await after) == 1
     assert await spool.counts() == {"records": 2, "dead_letters": 0}
     await spool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_failing_operation_wrote_before_it_failed_is_undone(path):
+    spool, _ = await opened(path)
+
+    def half_done(conn):
+        conn.execute("INSERT INTO messages (message_id, accepted_at, remember_until) VALUES ('half', 0, 0)")
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    before = spool.add(envelope("m-1"), records("a", message_id="m-1"))
+    broken = spool._submit(half_done)
+    after = spool.add(envelope("m-2"), records("b", message_id="m-2"))
+    with pytest.raises(sqlite3.OperationalError):
+        await broken
+    assert len(await before) == 1 and len(await after) == 1
+    await spool.close()
+    assert rows(path, "SELECT message_id FROM messages ORDER BY message_id") == [("m-1",), ("m-2",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_commit_that_fails_fails_its_whole_group_and_the_next_group_commits(path):
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    conn.close()
+    spool, _ = await opened(path)
+    spool._conn.execute("PRAGMA foreign_keys = ON")  # so COMMIT itself fails, with the transaction still open
+    with_it = spool.add(envelope("m-1"), records("a", message_id="m-1"))
+    orphan = spool._submit(lambda conn: conn.execute("INSERT INTO child VALUES (42)") and None)
+    with pytest.raises(sqlite3.IntegrityError):
+        await orphan
+    with pytest.raises(sqlite3.IntegrityError):
+        await with_it  # none of the group half-done
+    assert len(await spool.add(envelope("m-2"), records("b", message_id="m-2"))) == 1
+    await spool.close()
+    assert rows(path, "SELECT message_id FROM messages") == [("m-2",)]
+    assert rows(path, "SELECT COUNT(*) FROM child") == [(0,)]
 
 
 def fired(d):
@@ -136,3 +176,124 @@ async def test_closing_commits_every_queued_operation_not_only_the_first_batch(p
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (MAX_BATCH + 10,)
     conn.close()
+
+
+def rows(path, sql):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_envelope_stays_only_while_a_record_of_its_message_is_owed_a_result(path):
+    spool, _ = await opened(path)
+    first, second = await spool.add(envelope("m-1"), records("a", "b"))
+    await spool.add(envelope("m-2"), ())  # nothing owed: no envelope kept at all
+    assert rows(path, "SELECT envelope LIKE '%m-1%', pending FROM envelopes") == [(1, 2)]
+    await spool.complete(first)
+    assert rows(path, "SELECT envelope LIKE '%m-1%', pending FROM envelopes") == [(1, 1)]
+    await spool.dead_letter(second, "job_error", "gone")  # the dead letter has its own copy
+    assert rows(path, "SELECT id FROM envelopes") == []
+    assert rows(path, "SELECT message_id FROM dead_letters WHERE envelope LIKE '%m-1%'") == [("m-1",)]
+    # Remembered: ids and times only.
+    assert [column for _, column, *_ in rows(path, "PRAGMA table_info(messages)")] == [
+        "message_id",
+        "accepted_at",
+        "remember_until",
+    ]
+    await spool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redelivery_after_its_time_keeps_the_envelope_for_every_record_owed(path):
+    clock = Clock()
+    spool, _ = await opened(path, clock)
+    (first,) = await spool.add(envelope("m-1"), records("a"))
+    clock.advance(3601)
+    (second,) = await spool.add(envelope("m-1"), records("a"))  # new again, the first still owed
+    assert rows(path, "SELECT pending FROM envelopes") == [(1,), (1,)]
+    await spool.complete(first)
+    await spool.dead_letter(second, "job_error", "gone")
+    assert rows(path, "SELECT COUNT(*) FROM dead_letters WHERE envelope IS NOT NULL") == [(1,)]
+    assert rows(path, "SELECT COUNT(*) FROM envelopes") == [(0,)]
+    await spool.close()
+
+
+# About what SNS sends for one S3 object: a 2 KB envelope.
+BIG_MESSAGE = json.dumps({"Records": [{"s3": {"object": {"key": "k" * 1500}}}]})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_remembered_message_costs_under_200_bytes_and_a_burst_gives_its_space_back(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.FREE_PAGES_KEPT", 16)
+    monkeypatch.setattr("snsd.spool.VACUUM_SLICE", 1000)  # several slices, a reactor turn apart
+    clock = Clock()
+    spool, _ = await opened(path, clock)
+    n = 5000
+    adds = [
+        spool.add(envelope(f"{i:08d}-1b4e28ba-2fa1-11d2-883f-0016d3cca427", BIG_MESSAGE), records("k"))
+        for i in range(n)
+    ]
+    ids = [record_id for added in await defer.gatherResults(adds) for record_id in added]
+    ((grown,),) = rows(path, "PRAGMA page_count")
+    await spool.complete(*ids)  # a burst of envelopes, all finished
+    await spool.prune()  # nothing to forget yet; gives the envelopes' pages back
+    await spool.close()
+    ((pages,),), ((page_size,),), ((free,),) = (
+        rows(path, f"PRAGMA {p}") for p in ("page_count", "page_size", "freelist_count")
+    )
+    assert (pages - free) * page_size / n < 200  # what the remembered ids take
+    assert free == 16 and pages < grown / 10  # the rest went back to the file system
+    assert rows(path, "SELECT COUNT(*) FROM messages") == [(n,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_prune_works_in_slices_so_no_operation_holds_the_reactor_long(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.PRUNE_SLICE", 7)
+    clock = Clock()
+    spool, _ = await opened(path, clock)
+    await defer.gatherResults([spool.add(envelope(f"m-{i}"), ()) for i in range(30)])
+    clock.advance(3601)
+    commits = spool.commits
+    assert await spool.prune() == 30
+    assert spool.commits - commits >= 5  # 7 + 7 + 7 + 7 + 2, then the vacuum's look at the free pages
+    assert rows(path, "SELECT COUNT(*) FROM messages") == [(0,)]
+    await spool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wal_grown_past_its_limit_is_reset_while_commits_wait_without_blocking_the_reactor(path, monkeypatch):
+    import threading
+
+    from snsd import spool as spool_module
+
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr("snsd.spool.WAL_RESET_BYTES", 0)
+    real_checkpoint = spool_module._wal_checkpoint
+    seen = {}
+    spool, _ = await opened(path)
+    queued_meanwhile = threading.Event()
+
+    def submit_during_the_reset():
+        seen["add"] = spool.add(envelope("during"), records("x", message_id="during"))
+        # Two turns later: had the add not waited, its group commit would have run by then.
+        reactor.callLater(0, reactor.callLater, 0, queued_meanwhile.set)
+
+    def checkpoint(path, mode, wait):
+        if mode == "TRUNCATE":
+            reactor.callFromThread(submit_during_the_reset)
+            assert queued_meanwhile.wait(10)
+            seen["committed during the reset"] = seen["add"].called
+        return real_checkpoint(path, mode, wait)
+
+    monkeypatch.setattr(spool_module, "_wal_checkpoint", checkpoint)
+    await defer.gatherResults([spool.add(envelope(f"m-{i}"), records("k", message_id=f"m-{i}")) for i in range(25)])
+    busy, frames, copied = await spool.last_checkpoint  # the passive checkpoint's figures, after the reset
+    assert busy == 0 and copied == frames
+    assert spool.wal_resets == 1
+    assert seen["committed during the reset"] is False
+    assert len(await seen["add"]) == 1  # committed once the reset was over
+    await spool.close()
+    assert rows(path, "SELECT COUNT(*) FROM records") == [(26,)]

@@ -245,7 +245,7 @@ async def test_an_id_is_remembered_until_the_time_its_caller_gives(spools, clock
     await spool.add(envelope("m-1"), records("a"), remember_until=START + 3 * TTL)
     await spool.add_dead_letters(envelope("m-2"), records("b"), "breaker_open", remember_until=START + 3 * TTL)
     clock.advance(3 * TTL - 1)  # long past the TTL, still before remember_until
-    await spool.prune(TTL)
+    await spool.prune()
     assert await spool.add(envelope("m-1"), records("a")) is None
     assert await spool.add(envelope("m-2"), records("b")) is None
     clock.advance(2)
@@ -270,20 +270,37 @@ async def test_a_message_without_records_is_remembered(spools):
 
 
 @pytest_twisted.ensureDeferred
-async def test_pruning_forgets_expired_ids_whose_records_are_done_only(backend, spools, clock):
+async def test_pruning_forgets_the_ids_whose_time_is_over(backend, spools, clock):
     spool, _ = await spools()
     (done,) = await spool.add(envelope("done"), records("a", message_id="done"))
-    await spool.add(envelope("waiting"), records("b", message_id="waiting"))
+    (waiting,) = await spool.add(envelope("waiting"), records("b", message_id="waiting"))
+    await spool.add(envelope("later"), (), remember_until=START + 2 * TTL)
     await spool.complete(done)
     clock.advance(TTL + 1)
     await spool.add(envelope("recent"), ())
-    assert await spool.prune(TTL) == 1  # "done"; "waiting" still owes a result, "recent" is recent
-    assert await spool.prune(TTL) == 0
+    assert await spool.prune() == 2  # "done" and "waiting"
+    assert await spool.prune() == 0
+    # A record still owed a result keeps its message's envelope, for its dead letter.
+    await spool.dead_letter(waiting, "job_error", "late")
+    assert backend.dead_letters(spool) == [("waiting", "b", "job_error", "late", 0, "waiting")]
     if backend.durable:
         await spool.close()
         _, recovery = await spools()
-        assert [message_id for message_id, _ in recovery.recent_message_ids] == ["recent"]
-        assert recovery.pending == 1
+        assert [message_id for message_id, _ in recovery.recent_message_ids] == ["later", "recent"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_id_whose_time_is_over_is_forgotten_at_the_next_open(backend, spools, clock):
+    durable_only(backend)
+    spool, _ = await spools()
+    await spool.add(envelope("old"), records("a", message_id="old"))
+    await spool.add(envelope("young"), (), remember_until=START + 2 * TTL)
+    await spool.close()
+    clock.advance(TTL + 1)
+    restarted, recovery = await spools()
+    assert [message_id for message_id, _ in recovery.recent_message_ids] == ["young"]
+    assert recovery.pending == 1
+    assert await restarted.prune() == 0  # forgotten already, at the open
 
 
 @pytest_twisted.ensureDeferred

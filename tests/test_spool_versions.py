@@ -98,6 +98,53 @@ def test_a_spool_of_the_release_before_versions_opens_with_everything_in_it(v0_c
     fired(spool.close())
 
 
+def test_the_old_spool_is_upgraded_to_the_lean_layout(v0_copy):
+    spool, _ = opened(v0_copy)
+    conn = sqlite3.connect(v0_copy)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone() == (spool_schema.INCREMENTAL,)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(messages)")]
+    assert columns == ["message_id", "accepted_at", "remember_until"]  # no envelope, no topic
+    assert conn.execute("SELECT COUNT(*) FROM messages WHERE remember_until != accepted_at + ?", (TTL,)).fetchone() == (
+        0,
+    )
+    # One envelope per message with records owed a result, counting them; none for the others.
+    kept = conn.execute(
+        "SELECT r.message_id, e.pending, e.envelope FROM records r"
+        " JOIN envelopes e ON e.id = r.envelope_id ORDER BY r.id"
+    ).fetchall()
+    assert [(m, pending, json.loads(text)["MessageId"]) for m, pending, text in kept] == [
+        ("pending-1", 2, "pending-1"),
+        ("pending-1", 2, "pending-1"),
+        ("forgotten-1", 1, "forgotten-1"),
+        ("pending-2", 1, "pending-2"),
+    ]
+    assert conn.execute("SELECT COUNT(*) FROM envelopes").fetchone() == (3,)
+    # Finished, they take their envelopes with them.
+    fired(spool.complete(*(s.id for s in fired(spool.claim(0, 100)))))
+    assert conn.execute("SELECT COUNT(*) FROM envelopes").fetchone() == (0,)
+    conn.close()
+    fired(spool.close())
+
+
+def test_an_upgrade_that_fails_part_way_leaves_the_file_at_the_last_version_it_reached(v0_copy, monkeypatch):
+    def broken(conn, dedup_ttl):
+        conn.execute("DROP TABLE messages")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(spool_schema, "UPGRADES", (spool_schema.UPGRADES[0], broken))
+    with pytest.raises(sqlite3.OperationalError):
+        opened(v0_copy)
+    conn = sqlite3.connect(v0_copy)
+    assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    assert conn.execute("SELECT COUNT(*) FROM messages WHERE envelope IS NOT NULL").fetchone() == (8,)
+    conn.close()
+    monkeypatch.undo()
+    spool, recovery = opened(v0_copy)  # the next start carries on
+    assert recovery.pending == len(V0_CONTENT["pending"])
+    assert sorted(m for m, _ in recovery.recent_message_ids) == sorted(V0_CONTENT["remembered"])
+    fired(spool.close())
+
+
 def test_an_upgraded_spool_opens_again_as_it_is(v0_copy):
     spool, first = opened(v0_copy)
     fired(spool.close())

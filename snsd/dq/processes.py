@@ -4,30 +4,37 @@ Each job still occupies one thread of the daemon's pool, and that thread waits f
 so ``--workers`` bounds concurrency exactly as before; the parsing and checking happen in one
 of ``--job-processes`` child interpreters, each with its own GIL.  A CPU-heavy job in a thread
 shares the reactor's GIL, and on a busy host the reactor then waits for whichever job thread
-holds it: bench/busy.py measured a p99 of 205-280 ms that way and 38-44 ms with the job in
-processes (docs/performance.md).
+holds it (docs/performance.md, bench/busy.py).
+
+The children are supervised by pebble's ``ProcessPool``.  It records which child runs which
+job, so a child that dies (SIGKILL, an OOM kill, a crash in native code) fails only the job it
+was running, with ``ProcessExpired``, and pebble starts a replacement.  CPython's
+``ProcessPoolExecutor`` and loky instead fail every job in the pool (``BrokenProcessPool``,
+``TerminatedWorkerError``) without saying which one was in the dead child (docs/dq.md).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 
-from twisted.logger import Logger
+from pebble import ProcessExpired, ProcessPool
 
 from snsd.dq.rules import RuleBook
+from snsd.logs import Logger
 from snsd.records import S3ObjectRecord
 
 log = Logger()
 
-# How often a thread waiting on a child checks that the pool has noticed a dead child (below).
-CHILD_WATCH = 1.0
-
 _job = None  # this child process's DataQualityJob
+
+_CRASHED = (
+    "the worker process running this job died, and died again when the job was run again alone"
+    " (killed, e.g. out of memory, or a crash in native code)"
+)
 
 
 def _start_child(rulebook: RuleBook | None, nice: int) -> None:
@@ -48,137 +55,136 @@ class ProcessPoolJob:
     ``processes`` child processes, started on first use.
 
     ``rulebook`` is the rule book validated at startup (``load_rules``), handed to every child as it
-    is: children spawned later (lazily, or after a crash) never re-read the rules file, so an edit
-    after startup can neither skip validation nor give two generations of children different rules."""
+    is: children spawned later (lazily, or to replace a dead one) never re-read the rules file, so an
+    edit after startup can neither skip validation nor give two generations of children different
+    rules.
+
+    A job whose child died is run once more, alone in a process of its own (one such job at a time):
+    an OOM kill may have hit it for the memory its neighbours used.  Only if it kills that process
+    too does it fail, as ``worker_crashed``."""
 
     def __init__(self, rulebook: RuleBook | None, processes: int, nice: int = 0):
         self.rulebook = rulebook
         self.processes = processes
         self.nice = nice
-        self.pools_replaced = 0  # broken pools replaced, each exactly once however many jobs saw it break
+        self.pools_replaced = 0  # pools replaced after pebble gave up on them (below)
         self._target = _run_in_child  # what the children run for a record (tests script crashes with it)
         self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
-        self._alone: ProcessPoolExecutor | None = None  # one process for jobs retried after a crash
+        self._pool: ProcessPool | None = None
+        self._alone: ProcessPool | None = None  # the process running a retried job, while it runs
         self._alone_lock = threading.Lock()  # one retried job at a time
-        self._retries_waiting = 0
+        self._waiting: set[Future] = set()  # results threads wait for: close() releases them
         self._closed = False
 
-    def _new_executor(self, processes: int) -> ProcessPoolExecutor:
+    def _new_pool(self, processes: int) -> ProcessPool:
         # spawn, not fork: a forked child would inherit the reactor, its threads and their locks.
-        return ProcessPoolExecutor(
+        return ProcessPool(
             processes,
-            mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_child,
             initargs=(self.rulebook, self.nice),
+            context=multiprocessing.get_context("spawn"),
         )
 
-    def _current(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the data-quality worker processes are shut down")
-            if self._executor is None:
-                self._executor = self._new_executor(self.processes)
-            return self._executor
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the data-quality worker processes are shut down")
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        """The next job gets a fresh pool; called by every job that saw ``broken`` break, it acts
-        for the first only (the executor object is the pool's generation)."""
+    def _current(self) -> ProcessPool:
         with self._lock:
-            if self._executor is broken:
-                log.error("a data-quality worker process died; starting new ones")
-                self._executor = None
-                self.pools_replaced += 1
+            self._check_open()
+            if self._pool is None:
+                self._pool = self._new_pool(self.processes)
+            return self._pool
 
     def __call__(self, record: S3ObjectRecord) -> dict:
         payload = record.to_dict()
-        executor = self._current()
-        try:
+        for _ in range(2):
+            pool = self._current()
             try:
-                future = executor.submit(self._target, payload)
+                return self._run(pool, payload)
+            except ProcessExpired as e:
+                log.error(
+                    "a data-quality worker process died (exit code {exitcode}) running s3://{bucket}/{key};"
+                    " running the job again alone",
+                    exitcode=e.exitcode,
+                    bucket=record.bucket,
+                    key=record.key,
+                )
+                return self._run_alone(payload)
             except BrokenProcessPool:
-                # Broken before this job was handed over, so not by it: a fresh pool will do.
-                self._replace(executor)
-                executor = self._current()
-                future = executor.submit(self._target, payload)
-            return _result(executor, future)
-        except BrokenProcessPool:
-            # A child died (OOM kill, a crash in native code) and the executor failed every job
-            # running or queued in the pool, not only the one that child was running; which one
-            # that was is not known.  Failing them all would count each towards the circuit
-            # breaker at once, so each is run again, alone.
-            self._replace(executor)
-        return self._run_alone(payload)
-
-    def _run_alone(self, payload: dict) -> dict:
-        """Run a job whose pool broke again, in a process of its own and one such job at a time,
-        so a job that kills its process again fails alone (``worker_crashed``) and no other job
-        with it.  The process is stopped once no retried job waits for it."""
+                # pebble gives up on a pool whose child dies while no job runs anywhere in it (between
+                # jobs, or while starting): it fails the jobs still queued, this one among them, and
+                # takes no more.  Not this job's doing: it goes to a fresh pool.
+                self._replace(pool)
         from snsd.dq.job import JobError
 
-        with self._lock:
-            self._retries_waiting += 1
+        raise JobError("worker_crashed", "the worker processes died twice before this job could start")
+
+    def _run(self, pool: ProcessPool, payload: dict) -> dict:
         try:
-            with self._alone_lock:
-                with self._lock:
-                    if self._closed:
-                        raise RuntimeError("the data-quality worker processes are shut down")
-                    if self._alone is None:
-                        self._alone = self._new_executor(1)
-                    executor = self._alone
-                try:
-                    return _result(executor, executor.submit(self._target, payload))
-                except BrokenProcessPool:
-                    with self._lock:
-                        if self._closed:
-                            raise RuntimeError("the data-quality worker processes are shut down") from None
-                        self._alone = None
-                    raise JobError(
-                        "worker_crashed",
-                        "the worker process running this job died, and died again when the job was run"
-                        " again alone (killed, e.g. out of memory, or a crash in native code)",
-                    ) from None
+            future = pool.schedule(self._target, args=(payload,))
+        except RuntimeError:  # "the Pool is not active": broken already, or stopped by close()
+            self._check_open()
+            raise BrokenProcessPool("the worker processes stopped") from None
+        with self._lock:
+            if self._closed:
+                future.cancel()
+            self._waiting.add(future)
+        try:
+            return future.result()
+        except CancelledError:
+            self._check_open()
+            raise
         finally:
             with self._lock:
-                self._retries_waiting -= 1
-                idle = None
-                if self._retries_waiting == 0:
-                    idle, self._alone = self._alone, None
-            if idle is not None:
-                idle.shutdown(wait=False)
+                self._waiting.discard(future)
+
+    def _replace(self, broken: ProcessPool) -> None:
+        """The next job gets a fresh pool; called by every job that saw ``broken`` break, it acts
+        for the first only."""
+        with self._lock:
+            if self._pool is not broken:
+                return
+            log.error("the data-quality worker processes died; starting new ones")
+            self._pool = None
+            self.pools_replaced += 1
+        _stop(broken)
+
+    def _run_alone(self, payload: dict) -> dict:
+        from snsd.dq.job import JobError
+
+        with self._alone_lock:
+            with self._lock:
+                self._check_open()
+                self._alone = pool = self._new_pool(1)
+            try:
+                return self._run(pool, payload)
+            except (ProcessExpired, BrokenProcessPool):
+                raise JobError("worker_crashed", _CRASHED) from None
+            finally:
+                with self._lock:
+                    mine = self._alone is pool  # else close() has stopped it
+                    if mine:
+                        self._alone = None
+                if mine:
+                    _stop(pool)
 
     def close(self) -> None:
         """Stop the children now, running jobs included: a drain has already waited for them
-        as long as it may, and their records stay spooled for the next start."""
+        as long as it may, and their records stay spooled for the next start.  Threads still
+        waiting for a job raise ``RuntimeError``."""
         with self._lock:
             self._closed = True
-            executors = [e for e in (self._executor, self._alone) if e is not None]
-            self._executor = self._alone = None
-        for executor in executors:
-            # ProcessPoolExecutor has no terminate(); without one, interpreter exit would wait for
-            # a running job however long it takes.  Its worker table is the only handle on them.
-            for process in list(getattr(executor, "_processes", {}).values()):
-                if process.is_alive():
-                    os.kill(process.pid, signal.SIGTERM)
-            executor.shutdown(wait=False, cancel_futures=True)
+            pools = [p for p in (self._pool, self._alone) if p is not None]
+            self._pool = self._alone = None
+            waiting = list(self._waiting)
+        for pool in pools:
+            _stop(pool)
+        for future in waiting:  # pebble leaves the futures of the jobs it stopped pending
+            future.cancel()
 
 
-def _result(executor: ProcessPoolExecutor, future):
-    """``future.result()``, without waiting forever on a child's death the executor missed.
-
-    CPython's executor (3.11, and 3.12 alike) wakes its manager thread *before* it spawns a child
-    for a new job, so a child spawned after that wake-up is not among the processes it watches
-    until the next wake-up.  If that child dies first, the jobs in the other children wait until
-    one of them finishes; tests/test_dq_processes.py hung on it 1 run in 3.  So every CHILD_WATCH
-    seconds the waiting thread looks for a dead child and, if there is one, wakes the manager
-    thread (private attributes, looked up defensively), which then fails the pool's jobs as broken.
-    """
-    while True:
-        try:
-            return future.result(timeout=CHILD_WATCH)
-        except TimeoutError:
-            processes = list((getattr(executor, "_processes", None) or {}).values())
-            if any(process.exitcode is not None for process in processes):
-                wakeup = getattr(executor, "_executor_manager_thread_wakeup", None)
-                if wakeup is not None:
-                    wakeup.wakeup()
+def _stop(pool: ProcessPool) -> None:
+    """Stop ``pool``'s children now (SIGTERM, then SIGKILL after pebble's grace period)."""
+    pool.stop()
+    pool.join()
