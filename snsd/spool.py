@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from snsd import spool_schema as schema
 from snsd.envelope import SNSEnvelope
+from snsd.logs import Logger
 from snsd.protocols import Recovery, SpooledRecord
 from snsd.records import S3ObjectRecord
 from snsd.spool_schema import SpoolVersionError  # noqa: F401 - what open() raises for a newer file

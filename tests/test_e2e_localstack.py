@@ -20,7 +20,7 @@ import pytest
 
 from snsd.tools.localstack import free_port, is_healthy
 from snsd.tools.wire import find_subscription, wire
-from tests.process_helpers import Daemon
+from tests.process_helpers import Daemon, poll_until
 
 pytestmark = pytest.mark.localstack
 
@@ -275,12 +275,14 @@ def test_the_one_command_run_wires_confirms_and_stops_on_sigterm(tmp_path, local
     with open(log, "wb") as out:
         run = subprocess.Popen(command, env={**os.environ, **aws_env}, stdout=out, stderr=subprocess.STDOUT)
     try:
-        poll_until(lambda: b"Upload a file" in log.read_bytes() or run.poll() is not None, 60, log)
+        poll_until(
+            lambda: b"Upload a file" in log.read_bytes() or run.poll() is not None, 60, "the banner", log.read_text
+        )
         assert run.poll() is None, log.read_text()
         assert f"snsd is running at http://127.0.0.1:{port}" in log.read_text()
         assert "(confirmed by snsd)" in log.read_text()
         s3.put_object(Bucket=bucket, Key="in/a b.csv", Body=b"id\n1\n")
-        poll_until(lambda: results.exists() and results.read_text().strip(), 30, log)
+        poll_until(lambda: results.exists() and results.read_text().strip(), 30, "the result line", log.read_text)
         (line,) = [json.loads(text) for text in results.read_text().splitlines()]
         assert (line["bucket"], line["key"], line["status"]) == (bucket, "in/a b.csv", "ok")
     finally:
@@ -289,11 +291,3 @@ def test_the_one_command_run_wires_confirms_and_stops_on_sigterm(tmp_path, local
     assert code == 0, log.read_text()
     assert "Server Shut Down." in log.read_text()
     assert is_healthy(localstack_url)  # it reused LocalStack, so it left it running
-
-
-def poll_until(predicate, timeout, log):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; output:\n{log.read_text()[-4000:]}")
-        time.sleep(0.05)

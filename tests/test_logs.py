@@ -7,7 +7,6 @@ import io
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 from twisted.application.service import Application
@@ -24,7 +23,7 @@ from snsd.logs import (
     level_from_env,
     make_observer,
 )
-from tests.process_helpers import LISTENING, TWISTD, Daemon, notification
+from tests.process_helpers import LISTENING, TWISTD, Daemon, notification, poll_until
 from tests.trust_helpers import notification as sns_notification
 from tests.trust_helpers import signed
 from tests.web_harness import Snsd, s3_message
@@ -283,10 +282,12 @@ def test_twistd_logfile_gets_snsds_json_lines(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not (path.exists() and LISTENING.search(path.read_bytes())):
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-            time.sleep(0.05)
+        poll_until(
+            lambda: process.poll() is not None or (path.exists() and LISTENING.search(path.read_bytes())),
+            60,
+            "the listening line",
+        )
+        assert process.poll() is None
     finally:
         process.send_signal(signal.SIGTERM)
         stdout, _ = process.communicate(timeout=60)

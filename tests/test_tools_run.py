@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from snsd.tools import localstack as ls
 from tests import localstack_fixtures
+from tests.process_helpers import poll_until
 from tests.test_tools_localstack import ConfirmingListener, listening_addresses
 
 pytestmark = pytest.mark.localstack
@@ -27,17 +27,6 @@ localstack_url = localstack_fixtures.localstack_url
 aws_env = localstack_fixtures.aws_env
 
 BANNER = "snsd is running at"
-
-
-def poll_until(predicate, timeout: float, what: str, output=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; output:\n{output()[-4000:]}")
-        time.sleep(0.05)
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
@@ -201,8 +201,9 @@ def test_remembered_failures_are_bounded():
     urls = [CERT_URL.replace("0123456789abcdef", f"{n:016x}") for n in range(3)]
     for url in urls:
         failure_of(h.fetch(url), TrustError)  # 404
+    failure_of(h.fetch(urls[2]), TrustError)  # the newest: remembered
+    assert len(h.resource.requests) == 3
     failure_of(h.fetch(urls[0]), TrustError)  # forgotten (the oldest): asked again
-    failure_of(h.fetch(urls[2]), TrustError)  # remembered
     assert len(h.resource.requests) == 4
 
 
@@ -449,3 +450,108 @@ def test_an_expired_preloaded_certificate_is_warned_about_at_startup():
         globalLogPublisher.removeObserver(events.append)
     assert [e["name"] for e in events if "expired on" in e.get("log_format", "")] == [NAME]
     assert [e["count"] for e in events if e.get("log_format", "").endswith("preloaded signing certificates")] == [2]
+
+
+@pytest.mark.parametrize(
+    "cn",
+    [
+        "snsXamazonaws.com",
+        "sns.amazonawsXcom",
+        "sns-signingXus-east-1.amazonaws.com",
+        "sns-signing.us-east-1Xamazonaws.com",
+        "sns-signing.us-east-1.amazonawsXcom",
+        "sns-signing.cn-north-1.amazonaws.comXcn",
+        "sns-signing.a.b.amazonaws.com",
+        "sns-signing..amazonaws.com",
+        "sns-us-gov-west-1Xamazonaws.com",
+        "sns-us-gov-west-1.amazonawsXcom",
+        "sns-cn-north-1.amazonaws.comXcn",
+        "sns-a.b.amazonaws.com",
+        "sns-.amazonaws.com",
+    ],
+)
+def test_sns_common_names_are_matched_dot_for_dot(cn):
+    h = Harness(routes={PATH: (200, certificate_pem(make_certificate(rsa_key(), common_name=cn)))})
+    error = failure_of(h.fetch(), TrustError)
+    assert (error.status, error.reason) == (403, "untrusted_certificate")
+
+
+@pytest.mark.parametrize(
+    "cn", ["sns-us-gov-west-1.amazonaws.com", "sns-signing.cn-north-1.amazonaws.com.cn", "sns.amazonaws.com"]
+)
+def test_govcloud_and_china_common_names_are_accepted(cn):
+    h = Harness(routes={PATH: (200, certificate_pem(make_certificate(rsa_key(), common_name=cn)))})
+    assert result_of(h.fetch()).subject.rfc4514_string() == f"CN={cn}"
+
+
+def test_a_cert_dir_file_that_cannot_be_opened_is_refused(tmp_path):
+    folder = cert_dir(tmp_path, {})
+    (tmp_path / "certs" / NAME).symlink_to(tmp_path / "nowhere")  # root reads anything: a dangling link
+    with pytest.raises(ValueError, match=f"^cannot read {folder}/{NAME}: No such file or directory$"):
+        load_certificate_dir(folder)
+
+
+def test_the_cert_dir_size_cap_is_exact(tmp_path):
+    padded = PEM + b"\n" * (16384 - len(PEM))
+    assert load_certificate_dir(cert_dir(tmp_path, {NAME: padded})) == {NAME: CERT}
+
+
+def test_a_certificate_not_yet_valid_is_a_403():
+    cert = make_certificate(rsa_key(), not_before=NOW + timedelta(days=1), not_after=NOW + timedelta(days=2))
+    error = failure_of(Harness(routes={PATH: (200, certificate_pem(cert))}).fetch(), TrustError)
+    assert (error.status, error.reason) == (403, "untrusted_certificate")
+
+
+def test_an_expired_entry_leaves_the_cache_when_looked_up():
+    h = Harness(max_ttl=60)
+    result_of(h.fetch())
+    h.clock.advance(60)
+    assert h.store.cached(CERT_URL) is None
+    assert len(h.store) == 0
+
+
+def test_a_preloaded_certificate_expiring_at_startup_is_warned_about():
+    ending = make_certificate(rsa_key(), not_before=NOW - timedelta(days=9), not_after=NOW)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        Harness(preloaded={NAME: ending})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["name"] for e in events if "expired on" in e.get("log_format", "")] == [NAME]
+
+
+def test_the_least_recently_used_entry_is_evicted_not_the_newest():
+    paths = [f"/SimpleNotificationService-{i}.pem".encode() for i in range(3)]
+    h = Harness(routes={p: (200, PEM) for p in paths}, max_entries=2)
+    urls = ["https://sns.us-east-1.amazonaws.com" + p.decode() for p in paths]
+    for url in urls:
+        result_of(h.fetch(url))
+    result_of(h.fetch(urls[2]))
+    result_of(h.fetch(urls[1]))
+    assert len(h.resource.requests) == 3
+
+
+def test_callers_joining_a_download_count_as_cache_hits():
+    h = Harness()
+    h.resource.hang.add(PATH)
+    hits, misses = cache_count("hit"), cache_count("miss")
+    pending = [h.store.fetch(CERT_URL, "us-east-1") for _ in range(5)]
+    h.resource.answer_pending()
+    h.stub.flush()
+    assert [result_of(d) for d in pending] == [CERT] * 5
+    assert (cache_count("hit") - hits, cache_count("miss") - misses) == (4, 1)
+
+
+def test_a_cached_certificate_is_logged_with_its_expiry():
+    cert = make_certificate(rsa_key(), not_after=datetime(2025, 6, 1, 13, 0, tzinfo=UTC))
+    h = Harness(routes={PATH: (200, certificate_pem(cert))})
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        result_of(h.fetch())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [(e["url"], e["expires"]) for e in events if "cached signing" in e.get("log_format", "")] == [
+        (CERT_URL, "2025-06-01T13:00:00+00:00")
+    ]

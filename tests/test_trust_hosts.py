@@ -192,6 +192,8 @@ def test_a_topic_region_that_is_not_a_region_is_refused_whatever_the_host():
         (LOCALSTACK, f"http://127.0.0.1:4566x/_aws/sns/{PEM}"),
         (LOCALSTACK, f"http://127.0.0.1:-4566/_aws/sns/{PEM}"),
         (LOCALSTACK, f"http://127.0.0.1:4566:4566/_aws/sns/{PEM}"),
+        (LOCALSTACK, f"http://127.0.0.1:45.66/_aws/sns/{PEM}"),
+        (LOCALSTACK, f"http://127.0.0.1:004566/_aws/sns/{PEM}"),  # six digits
         (LOCALSTACK, f"http://[::1]x/_aws/sns/{PEM}"),
     ],
 )
@@ -223,6 +225,8 @@ def test_ports_are_1_to_65535():
         (".host", "malformed host"),
         ("a..b", "malformed host"),
         ("host:", "malformed port"),
+        (":4566", "not a lowercase hostname"),  # no host at all
+        ("[]:4566", "not a lowercase hostname"),
     ],
 )
 def test_malformed_trusted_hosts_say_what_is_wrong(entry, why):
@@ -290,3 +294,15 @@ def test_urls_that_passed_are_remembered_up_to_a_bound_oldest_forgotten_first():
     # A remembered URL still needs the same region.
     with pytest.raises(TrustError):
         trust.check_cert_url(urls[-1], "eu-west-1")
+
+
+def test_a_trusted_host_without_port_matches_https_on_443():
+    trust = HostTrust(["localhost"])
+    trust.check_cert_url(f"https://localhost:443/{PEM}", "us-east-1")
+    with pytest.raises(TrustError):
+        trust.check_cert_url(f"https://localhost:80/{PEM}", "us-east-1")
+
+
+def test_ipv6_trusted_hosts_may_embed_an_ipv4_address():
+    trust = HostTrust(["[::ffff:127.0.0.1]:4566"])
+    trust.check_cert_url(f"http://[::ffff:127.0.0.1]:4566/{PEM}", None)

@@ -135,3 +135,74 @@ async def test_the_verifier_counts_and_refuses_a_forgery_checked_in_the_thread(c
     assert all("snsd-signatures" in name for name in checked_in)
     after = REGISTRY.get_sample_value("snsd_signature_failures_total", {"reason": "bad_signature"})
     assert after == before + 1
+
+
+# -- pinned by mutation testing (issue 18) ----------------------------------------------------------
+
+
+def test_three_checks_make_a_busy_turn_two_do_not(checks, clock):
+    assert OFFLOAD_AT == 3
+    for _ in range(2):
+        checks.check(signed(notification()), CERT)
+    clock.advance(0)
+    assert not checks.batching
+    for _ in range(3):
+        checks.check(signed(notification()), CERT)
+    clock.advance(0)
+    assert checks.batching
+
+
+def test_one_daemon_thread_named_for_its_job():
+    checks = SignatureChecks(reactor, clock=Clock())
+    assert checks.name == "signature-checks"
+    assert (checks._pool.min, checks._pool.max) == (1, 1)
+    assert checks._pool.threadFactory(target=lambda: None).daemon  # never keeps a stopping process alive
+
+
+def test_before_the_service_starts_nothing_waits_for_the_end_of_a_turn():
+    clock = Clock()
+    checks = SignatureChecks(reactor, clock=clock)
+    checks.check(signed(notification()), CERT)
+    assert clock.getDelayedCalls() == []
+
+
+def test_stopping_stops_the_thread_and_the_end_of_turn_call(checks, clock):
+    checks.check(signed(notification()), CERT)
+    assert len(clock.getDelayedCalls()) == 1
+    checks.stopService()
+    assert not checks.running
+    assert not checks._pool.started
+    assert clock.getDelayedCalls() == []
+
+
+def test_stopping_a_service_never_started_is_harmless():
+    checks = SignatureChecks(reactor, clock=Clock())
+    checks.stopService()
+    assert not checks._pool.started
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_of_exactly_offload_at_goes_to_the_thread(checks, clock, checked_in):
+    busy_turn(checks, clock)
+    checked_in.clear()
+    asked = [checks.check(signed(notification()), CERT) for _ in range(OFFLOAD_AT)]
+    clock.advance(0)
+    await defer.gatherResults(asked)
+    assert len(checked_in) == OFFLOAD_AT
+    assert all("snsd-signatures" in name for name in checked_in)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_batch_is_checked_once_and_never_handed_to_the_thread(checks, clock, checked_in):
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThreadPool
+
+    busy_turn(checks, clock)
+    checked_in.clear()
+    asked = [checks.check(signed(notification()), CERT) for _ in range(OFFLOAD_AT - 1)]
+    clock.advance(0)
+    # The one thread runs hand-offs in order: once this has run, any hand-off made before it has too.
+    await deferToThreadPool(reactor, checks._pool, lambda: None)
+    await deferLater(reactor, 0, lambda: None)
+    assert [result_of(d) for d in asked] == [None] * len(asked)
+    assert checked_in == [threading.current_thread().name] * len(asked)

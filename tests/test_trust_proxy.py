@@ -15,12 +15,14 @@ from cryptography.x509.oid import NameOID
 from treq.client import HTTPClient
 from twisted.internet import defer, protocol, reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from snsd.trust.proxy import Proxy, ProxyEndpoints, make_http_client, proxy_from_environment
+from snsd.trust.proxy import Proxy, ProxyEndpoints, _Tunnel, make_http_client, proxy_from_environment
 from tests.trust_helpers import certificate_pem, private_key_pem, rsa_key
 
 # -- the environment ------------------------------------------------------------------------------
@@ -217,3 +219,137 @@ async def test_no_proxy_hosts_are_connected_to_directly(servers):
     assert response.code == 200
     await response.content()
     assert log == []
+
+
+# -- the tunnel protocol, byte by byte (pinned by mutation testing) ---------------------------------
+
+
+class _TLSStringTransport(StringTransport):
+    def __init__(self):
+        super().__init__()
+        self.tls_started = []
+
+    def startTLS(self, options):
+        self.tls_started.append(options)
+
+
+class _Inner(protocol.Protocol):
+    def __init__(self):
+        self.received, self.lost = [], []
+
+    def dataReceived(self, data):
+        self.received.append(data)
+
+    def connectionLost(self, reason):
+        self.lost.append(reason)
+
+
+def _tunnel():
+    tls = object()
+    tunnel = _Tunnel(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", tls, protocol.Factory.forProtocol(_Inner))
+    transport = _TLSStringTransport()
+    tunnel.makeConnection(transport)
+    outcome = []
+    tunnel.established.addBoth(outcome.append)
+    return tunnel, transport, tls, outcome
+
+
+def test_the_tunnel_asks_for_connect_then_waits_for_the_whole_answer():
+    tunnel, transport, tls, outcome = _tunnel()
+    assert transport.value() == b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"
+    tunnel.dataReceived(b"HTTP/1.1 200 Connection established\r\n")
+    assert outcome == [] and transport.tls_started == []
+    tunnel.dataReceived(b"Via: proxy\r\n\r\n")
+    [inner] = outcome
+    assert isinstance(inner, _Inner) and inner.transport is transport
+    assert transport.tls_started == [tls]
+
+
+@pytest.mark.parametrize("status", [b"HTTP/1.1 200", b"HTTP/1.0 200 OK"])
+def test_a_200_status_line_in_any_http_1_form_opens_the_tunnel(status):
+    tunnel, transport, tls, outcome = _tunnel()
+    tunnel.dataReceived(status + b"\r\n\r\n")
+    assert isinstance(outcome[0], _Inner)
+
+
+def test_after_the_tunnel_opens_bytes_go_to_the_inner_protocol_only():
+    tunnel, transport, tls, outcome = _tunnel()
+    tunnel.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
+    tunnel.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")  # bytes from the server now, not the proxy
+    assert outcome[0].received == [b"HTTP/1.1 200 OK\r\n\r\n"]
+    assert transport.tls_started == [tls]
+    tunnel.connectionLost(Failure(ConnectionDone()))
+    assert len(outcome[0].lost) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", "the proxy refused CONNECT: HTTP/1.1 407"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "refused CONNECT"),
+        (b"HTTP/2 200\r\n\r\n", "refused CONNECT"),
+        (b"200 OK\r\n\r\n", "refused CONNECT"),
+        (b"HTTP/1.1\r\n\r\n", "refused CONNECT"),
+        (b"HTTP/1.1 200 OK\r\n\r\n\x16\x03", "the proxy sent data after its answer to CONNECT"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 3000, "the proxy's answer to CONNECT is too long"),
+    ],
+)
+def test_anything_but_a_clean_200_fails_the_connection(answer, why):
+    tunnel, transport, tls, outcome = _tunnel()
+    tunnel.dataReceived(answer)
+    [failure] = outcome
+    assert failure.check(ConnectError) and why in str(failure.value)
+    assert transport.disconnected  # aborted
+    assert transport.tls_started == []
+    tunnel.connectionLost(Failure(ConnectionDone()))  # and the loss that follows changes nothing
+
+
+def test_an_answer_of_16384_bytes_is_still_waited_for():
+    tunnel, transport, tls, outcome = _tunnel()
+    head = b"HTTP/1.1 200 OK\r\nX: "
+    tunnel.dataReceived(head + b"y" * (16384 - len(head)))
+    assert (len(tunnel._buffer), outcome) == (16384, [])
+    tunnel.dataReceived(b"\r\n\r\n")
+    assert isinstance(outcome[0], _Inner)
+
+
+def test_a_connection_lost_before_the_answer_fails_the_tunnel():
+    tunnel, transport, tls, outcome = _tunnel()
+    tunnel.connectionLost(Failure(ConnectionDone()))
+    assert outcome[0].check(ConnectionDone)
+
+
+def test_cancelling_aborts_the_connection_to_the_proxy():
+    tunnel, transport, tls, outcome = _tunnel()
+    tunnel.established.cancel()
+    assert transport.disconnected
+
+
+def test_the_proxy_is_described_without_its_credentials():
+    assert Proxy("proxy", 3128, None, "").describe() == "proxy:3128"
+    assert Proxy("proxy", 3128, b"Basic x", "").describe() == "proxy:3128 (with credentials)"
+
+
+def test_a_client_with_its_own_tls_policy_is_built_even_without_a_proxy():
+    client = make_http_client(reactor, {}, tls_policy=BrowserLikePolicyForHTTPS())
+    assert isinstance(client, HTTPClient)
+    assert isinstance(make_http_client(reactor, {"HTTPS_PROXY": "http://p:1"}), HTTPClient)
+
+
+def test_connections_time_out_after_10_seconds_by_default():
+    assert ProxyEndpoints(reactor, None)._timeout == 10.0
+
+
+def test_the_proxy_in_use_is_logged_without_its_credentials():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        make_http_client(reactor, {"HTTPS_PROXY": "http://u:secret@p:1", "NO_PROXY": ".internal"})
+        make_http_client(reactor, {}, tls_policy=BrowserLikePolicyForHTTPS())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if "through the proxy" in e.get("log_format", "")]
+    assert (event["proxy"], event["bypass"]) == ("p:1 (with credentials)", ".internal")
+    assert "secret" not in repr(event)

@@ -260,3 +260,11 @@ def test_the_string_to_sign_is_utf_8():
     fields = notification(message="héllo ✓")
     assert "Message\nhéllo ✓\n".encode() in string_to_sign(fields)
     verify_signature(signed(fields, version="2"), CERT)
+
+
+@pytest.mark.parametrize("signature", ["", None, 5])
+def test_an_empty_or_non_string_signature_is_missing(signature):
+    fields = {**signed(notification()), "Signature": signature}
+    with pytest.raises(TrustError) as e:
+        verify_signature(fields, CERT)
+    assert (e.value.status, e.value.reason) == (403, "missing_signature")

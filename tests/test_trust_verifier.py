@@ -360,3 +360,50 @@ def test_a_trust_error_reads_as_its_reason_and_detail():
     assert str(TrustError(403, "bad_signature", "why")) == "bad_signature: why"
     assert str(TrustError(403, "bad_signature")) == "bad_signature"
     assert repr(TrustError(502, "x", "y")) == "TrustError(status=502, reason='x', detail='y')"
+
+
+def test_the_defaults_are_an_hour_and_verification_on():
+    h = Harness()
+    verifier = MessageVerifier(None, HostTrust(), TopicAllowList(), h.clock)
+    assert (verifier.max_age, verifier.verify_signatures) == (3600.0, True)
+
+
+def test_a_cached_certificate_is_one_cache_hit_per_message():
+    h = Harness()
+    result_of(h.verify(signed(notification())))
+    before = REGISTRY.get_sample_value("snsd_cert_cache_total", {"result": "hit"}) or 0.0
+    result_of(h.verify(signed(notification())))
+    assert REGISTRY.get_sample_value("snsd_cert_cache_total", {"result": "hit"}) == before + 1
+
+
+def test_a_check_that_fails_for_another_reason_is_not_taken_for_a_refusal():
+    from twisted.internet.defer import fail
+
+    class BrokenChecks:
+        def check(self, fields, certificate):
+            return fail(RuntimeError("the checking thread is gone"))
+
+    h = Harness(checks=BrokenChecks())
+    failure_of(h.verify(signed(notification())), RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "kept"),
+    [
+        ({"TopicArn": "arn:aws:sns:us-east-1:1:" + "t" * 300}, "topic_not_allowed", 200),
+        ({"Timestamp": "x" * 100}, "bad_timestamp", 64),
+    ],
+)
+def test_details_quote_at_most_a_bounded_part_of_the_input(change, reason, kept):
+    h = Harness(topics=[TOPIC])
+    value = next(iter(change.values()))
+    error = h.refused({**signed(notification()), **change})
+    assert (error.reason, error.detail) == (reason, value[:kept])
+
+
+def test_a_long_malformed_topic_arn_and_version_are_quoted_in_part():
+    h = Harness()
+    topic = "x" * 300
+    assert h.refused({**signed(notification()), "TopicArn": topic}).detail == topic[:200]
+    version = "9" * 100
+    assert h.refused({**signed(notification()), "SignatureVersion": version}).detail == repr(version)[:40]
