@@ -328,27 +328,27 @@ class SQLiteSpool:
             forgotten += some
             if some < PRUNE_SLICE:
                 break
-        while self._give_back() == VACUUM_SLICE:
+        while self._give_back():
             yield self._next_turn()  # let the answers waiting meanwhile go out
         return forgotten
 
-    def _give_back(self) -> int:
+    def _give_back(self) -> bool:
         """Give up to ``VACUUM_SLICE`` free pages back to the file system, keeping
-        ``FREE_PAGES_KEPT`` for the inserts to come; returns how many it gave back."""
+        ``FREE_PAGES_KEPT`` for the inserts to come; True if there may be more to give back."""
         conn = self._conn
         # Closed meanwhile; or a WAL reset holds the write lock, and the vacuum would wait for it
         # on the reactor.  (Between group commits, as prune calls it, no transaction is open.)
         if conn is None or self._paused:
-            return 0
+            return False
         (free,) = conn.execute("PRAGMA freelist_count").fetchone()
         pages = min(free - FREE_PAGES_KEPT, VACUUM_SLICE)
-        if pages <= 0:
-            return 0
+        if pages <= 0:  # and never incremental_vacuum(0): that would free every page
+            return False
         # Its own transaction, between group commits.  Not execute(): it steps a statement once,
         # and each step of this pragma frees one page; executescript steps it to the end.
         conn.executescript(f"PRAGMA incremental_vacuum({pages})")
         self.vacuums += 1
-        return pages
+        return pages == VACUUM_SLICE
 
     def _next_turn(self) -> Deferred:
         if self._inline:

@@ -451,4 +451,9 @@ def test_a_prune_keeps_the_free_pages_it_is_told_to_keep(path, monkeypatch):
     clock.advance(0)
     assert fired(pruning) == 0 and spool.vacuums == 0
     assert spool._conn.execute("PRAGMA freelist_count").fetchall() == [(free,)]
+    monkeypatch.setattr("snsd.spool.FREE_PAGES_KEPT", free - 1)  # one too many
+    pruning = spool.prune()
+    clock.advance(0)
+    assert fired(pruning) == 0 and spool.vacuums == 1
+    assert spool._conn.execute("PRAGMA freelist_count").fetchall() == [(free - 1,)]
     spool.close()
