@@ -457,3 +457,17 @@ def test_a_prune_keeps_the_free_pages_it_is_told_to_keep(path, monkeypatch):
     assert fired(pruning) == 0 and spool.vacuums == 1
     assert spool._conn.execute("PRAGMA freelist_count").fetchall() == [(free - 1,)]
     spool.close()
+
+
+def test_an_inline_spool_gives_every_slice_back_at_once(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.FREE_PAGES_KEPT", 0)
+    monkeypatch.setattr("snsd.spool.VACUUM_SLICE", 100)
+    spool = SQLiteSpool(None, path, clock=Clock(), inline=True)  # no reactor to wait a turn on
+    fired(spool.open())
+    ids = [
+        record_id for i in range(300) for record_id in fired(spool.add(envelope(f"m-{i}", BIG_MESSAGE), records("k")))
+    ]
+    fired(spool.complete(*ids))
+    assert fired(spool.prune()) == 0 and spool.vacuums > 1
+    assert spool._conn.execute("PRAGMA freelist_count").fetchall() == [(0,)]
+    fired(spool.close())
