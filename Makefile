@@ -42,6 +42,7 @@ test: venv localstack lint
 # Mutation testing (not part of `make test` or CI): MODULE=TEST[,TEST...] pairs, each module scored
 # against only its listed test files.  `make mutate MUTATE="snsd/spool.py=tests/test_spool.py"`.
 T := tests/test_trust_
+S := tests/test_
 MUTATE ?= \
 	snsd/trust/signing.py=$(T)signing.py,$(T)verifier.py \
 	snsd/trust/hosts.py=$(T)hosts.py,$(T)verifier.py \
@@ -54,7 +55,9 @@ MUTATE ?= \
 	snsd/trust/errors.py=$(T)verifier.py \
 	snsd/trust/proxy.py=$(T)proxy.py \
 	snsd/trust/dedup.py=$(T)dedup.py \
-	snsd/breaker.py=tests/test_breaker.py
+	snsd/breaker.py=tests/test_breaker.py \
+	snsd/spool.py=$(S)spool.py,$(S)spool_protocol.py,$(S)spool_versions.py \
+	snsd/spool_schema.py=$(S)spool_versions.py,$(S)spool.py,$(S)spool_protocol.py
 MUTATE_ARGS ?=
 
 mutate: venv

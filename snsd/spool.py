@@ -396,8 +396,6 @@ class SQLiteSpool:
         batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
         if self._queued:
             self._flush_call = self._reactor.callLater(0, self._flush)
-        if not batch:
-            return []
         try:
             outcomes = self._transaction(batch)
         except Exception:

@@ -434,11 +434,42 @@ async def test_a_wal_under_its_limit_is_left_alone(path, monkeypatch):
     await spool.close()
 
 
-def test_an_inline_spool_checkpoints_by_itself_having_no_checkpoint_thread(path):
-    spool = SQLiteSpool(None, path, clock=Clock(), inline=True)
+def test_an_inline_spool_checkpoints_by_itself_having_no_checkpoint_thread(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 2)
+    spool = SQLiteSpool(None, path, clock=Clock(), inline=True)  # no reactor, so no thread pool
     fired(spool.open())
     assert spool._conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)  # SQLite's own default
+    for i in range(3):
+        fired(spool.add(envelope(f"m-{i}"), records("k", message_id=f"m-{i}")))
+    assert spool.last_checkpoint is None
     fired(spool.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_checkpoint_comes_at_the_operation_that_reaches_the_count(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 20)
+    spool, _ = await opened(path)  # one operation: the recovery
+    await defer.gatherResults([spool.add(envelope(f"m-{i}"), records("k", message_id=f"m-{i}")) for i in range(18)])
+    assert spool.last_checkpoint is None  # 19
+    await spool.add(envelope("m-18"), records("k", message_id="m-18"))
+    assert spool.last_checkpoint is not None  # 20
+    await spool.last_checkpoint
+    await spool.close()
+
+
+def test_a_lazy_completion_does_not_hurry_another(path):
+    from snsd.spool import LAZY_DELAY
+
+    spool, clock = clocked(path)
+    adding = spool.add(envelope(), records("a", "b"))
+    clock.advance(0)
+    first, second = fired(adding)
+    one, two = spool.complete(first, lazy=True), spool.complete(second, lazy=True)
+    clock.advance(0)
+    assert not one.called and not two.called
+    clock.advance(LAZY_DELAY)
+    assert one.called and two.called
+    spool.close()
 
 
 def test_a_prune_keeps_the_free_pages_it_is_told_to_keep(path, monkeypatch):
