@@ -502,3 +502,43 @@ def test_an_inline_spool_gives_every_slice_back_at_once(path, monkeypatch):
     assert fired(spool.prune()) == 0 and spool.vacuums > 1
     assert spool._conn.execute("PRAGMA freelist_count").fetchall() == [(0,)]
     fired(spool.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_checkpoint_at_a_time_and_the_count_starts_again_after_each(path, monkeypatch):
+    import threading
+
+    from snsd import spool as spool_module
+
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 20)
+    real_checkpoint = spool_module._wal_checkpoint
+    started, release = [], threading.Event()
+
+    def slow_checkpoint(path, mode, wait):
+        started.append(mode)
+        assert release.wait(10)
+        return real_checkpoint(path, mode, wait)
+
+    monkeypatch.setattr(spool_module, "_wal_checkpoint", slow_checkpoint)
+    spool, _ = await opened(path)  # the recovery: one operation
+
+    async def add(n, prefix):
+        await defer.gatherResults([spool.add(envelope(f"{prefix}{i}"), ()) for i in range(n)])
+
+    await add(19, "a")  # 20 operations: the first checkpoint starts, and waits
+    first = spool.last_checkpoint
+    await add(25, "b")  # past the count again while it runs: no second one
+    assert spool.last_checkpoint is first  # (it cannot have finished: it waits for release)
+    release.set()
+    await first
+    await add(1, "c")  # 26 since the first started: the second starts at once
+    second = spool.last_checkpoint
+    assert second is not first
+    await second
+    await add(19, "d")  # the count started again at the second: 19 since
+    assert spool.last_checkpoint is second
+    await add(1, "e")  # 20
+    assert spool.last_checkpoint is not second
+    await spool.last_checkpoint
+    assert started == ["PASSIVE"] * 3
+    await spool.close()
