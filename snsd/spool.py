@@ -463,14 +463,15 @@ class SQLiteSpool:
         up and join the next group commit), while a thread copies what the passive checkpoint
         left (the frames written meanwhile: few) and truncates the WAL.
         """
-        if self._conn is None or _size(self.path + "-wal") <= WAL_RESET_BYTES:
+        # The -wal file exists as long as the spool's connection is open.
+        if self._conn is None or os.path.getsize(self.path + "-wal") <= WAL_RESET_BYTES:
             return passive
         self._paused = True
 
         def resume(result):
             self._paused = False
-            if self._queued and self._flush_call is None and self._conn is not None:
-                self._flush_call = self._reactor.callLater(0, self._flush)
+            if self._queued and self._conn is not None:
+                self._flush()  # what waited commits now (between group commits: none is open)
             if isinstance(result, Failure):
                 log.failure("resetting the spool's WAL failed", result)
             elif result[0] == 0:  # not busy: done
@@ -491,13 +492,6 @@ def _wal_checkpoint(path: str, mode: str, wait: float) -> tuple[int, int, int]:
         return conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
     finally:
         conn.close()
-
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
 
 
 def _fire(d: Deferred, outcome) -> None:

@@ -415,7 +415,8 @@ async def test_a_wal_grown_past_its_limit_is_reset_while_commits_wait_without_bl
     assert busy == 0 and copied == frames
     assert spool.wal_resets == 1
     assert seen["committed during the reset"] is False
-    assert len(await seen["add"]) == 1  # committed once the reset was over
+    assert seen["add"].called  # committed as the reset ended
+    assert len(await seen["add"]) == 1
     await spool.close()
     assert rows(path, "SELECT COUNT(*) FROM records") == [(26,)]
 
@@ -541,4 +542,34 @@ async def test_one_checkpoint_at_a_time_and_the_count_starts_again_after_each(pa
     assert spool.last_checkpoint is not second
     await spool.last_checkpoint
     assert started == ["PASSIVE"] * 3
+    await spool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wal_reset_that_fails_is_logged_and_commits_go_on(path, monkeypatch):
+    from twisted.logger import globalLogPublisher
+
+    from snsd import spool as spool_module
+
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr("snsd.spool.WAL_RESET_BYTES", 0)
+    real_checkpoint = spool_module._wal_checkpoint
+
+    def failing(path, mode, wait):
+        if mode == "TRUNCATE":
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_checkpoint(path, mode, wait)
+
+    monkeypatch.setattr(spool_module, "_wal_checkpoint", failing)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        spool, _ = await opened(path)
+        await defer.gatherResults([spool.add(envelope(f"m-{i}"), ()) for i in range(25)])
+        await spool.last_checkpoint
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["log_format"] for e in events if e.get("log_failure")] == ["resetting the spool's WAL failed"]
+    assert spool.wal_resets == 0
+    assert await spool.add(envelope("after"), ()) == []  # not paused for good
     await spool.close()
