@@ -53,6 +53,10 @@ class MemoryQueue:
         now = self.clock.seconds()
         return [m for m in self.messages.values() if m.visible_at <= now]
 
+    def asked(self) -> list[int]:
+        """How many messages each long poll now waiting asked for."""
+        return [limit for _, limit, _, _ in self._waiting]
+
     def put(self, body: str) -> str:
         message_id = f"m-{next(self._ids)}"
         self.messages[message_id] = _Stored(message_id, body, self.clock.seconds())

@@ -213,6 +213,14 @@ def test_a_worker_receives_no_more_messages_than_it_has_free_workers(tmp_path):
     assert q.messages == {} and len(snsd.results()) == 5
 
 
+def test_more_free_workers_than_a_receive_takes_means_two_receives_side_by_side(tmp_path):
+    snsd, q, _, pool = make_worker(tmp_path, workers=12)
+    assert q.asked() == [10, 2]  # twelve free workers: never more messages asked for than that
+    for n in range(15):
+        q.put(record_body(f"{n}.csv"))
+    assert len(pool.held) == 12 and len(q.visible()) == 3
+
+
 def test_the_heartbeat_keeps_a_running_jobs_message_invisible(tmp_path):
     snsd, q, _, pool = make_worker(tmp_path, visibility=30)
     extensions = value(metrics.SQS_VISIBILITY_EXTENSIONS)

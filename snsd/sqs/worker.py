@@ -34,6 +34,10 @@ from snsd.sqs.queue import BATCH, LONG_POLL, QueueMessage
 
 log = Logger()
 
+# ReceiveMessage calls in flight at once: while one waits for its answer (an SQS round trip,
+# tens of ms under load) the other can already bring work for workers that freed up meanwhile.
+# Each holds an io thread for up to its 20 s wait, so this stays below the io threads (four).
+MAX_RECEIVES = 2
 # How much longer than its wait a long poll may take to answer before a drain stops waiting for it.
 RECEIVE_GRACE = 5
 # A failed job's message comes back after min(2 ** (receives - 1), visibility) seconds.
@@ -85,7 +89,8 @@ class QueueWorker(Service):
         self.pending = 0  # nothing waits here: the queue holds it
         self.jobs_running = 0
         self._held: dict[str, Held] = {}  # receipt handle -> message
-        self._receiving = False
+        self._receives = 0  # ReceiveMessage calls in flight
+        self._requested = 0  # messages those calls may still bring
         self._receive_waiters: list[Deferred] = []
         self._retry = None
         self._idle: list[Deferred] = []
@@ -123,7 +128,7 @@ class QueueWorker(Service):
 
     def _receive_ended(self) -> Deferred:
         """Fires once no receive is in flight (at most LONG_POLL + RECEIVE_GRACE s from now)."""
-        if not self._receiving:
+        if not self._receives:
             return succeed(None)
         ended = Deferred()
         self._receive_waiters.append(ended)
@@ -142,22 +147,33 @@ class QueueWorker(Service):
     # -- receiving -------------------------------------------------------------------------------
 
     def free(self) -> int:
-        return max(0, self.workers - self.jobs_running)
+        """Workers with no job, less the messages received whose jobs have not started yet."""
+        waiting = sum(1 for held in self._held.values() if not held.records)
+        return max(0, self.workers - self.jobs_running - waiting)
 
     def _poll(self) -> None:
-        if not self.ready or self.draining or self._receiving or self._retry is not None:
+        if not self.ready or self.draining or self._retry is not None or self._receives >= MAX_RECEIVES:
             return
         if self.breaker.is_open:
             return  # the breaker's change calls _poll again
-        room = min(BATCH, self.free())
+        room = min(BATCH, self.free() - self._requested)
         if room <= 0:
             return  # a job's end calls _poll again
-        self._receiving = True
-        self.queue.receive(room, self.wait, self.visibility).addCallbacks(self._received, self._receive_failed)
+        self._receives += 1
+        self._requested += room
+        self.queue.receive(room, self.wait, self.visibility).addCallbacks(
+            self._received, self._receive_failed, callbackArgs=(room,), errbackArgs=(room,)
+        )
+        self._poll()  # more room (over ten free workers): a second receive, side by side
 
-    def _receive_failed(self, failure: Failure) -> None:
-        self._receiving = False
-        self._fire_receive_waiters()
+    def _receive_done(self, room: int) -> None:
+        self._receives -= 1
+        self._requested -= room
+        if not self._receives:
+            self._fire_receive_waiters()
+
+    def _receive_failed(self, failure: Failure, room: int) -> None:
+        self._receive_done(room)
         metrics.SQS_RECEIVE_FAILURES.inc()
         delay = self.backoff.next()
         log.warn(
@@ -173,14 +189,17 @@ class QueueWorker(Service):
 
         self._retry = self.clock.callLater(delay, again)
 
-    def _received(self, messages: list[QueueMessage]) -> None:
-        self._receiving = False
+    def _received(self, messages: list[QueueMessage], room: int) -> None:
         self.backoff.reset()
         metrics.SQS_RECEIVED.inc(len(messages))
         if self.draining:
-            # The long poll was in flight when the drain began: these go straight back.
-            self._release([m.receipt_handle for m in messages], "draining").addBoth(self._fire_receive_waiters)
+            # The long poll was in flight when the drain began: held only to go straight back
+            # with the drain's release, which the drain waits for.
+            for message in messages:
+                self._held[message.receipt_handle] = Held(message)
+            self._receive_done(room)
             return
+        self._receive_done(room)
         for message in messages:
             if message.receive_count > 1:
                 metrics.SQS_REDELIVERED.inc()
