@@ -21,6 +21,7 @@ Figures and the machine's load at the time go in docs/scaling.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -51,28 +52,49 @@ def admin_metric(listener, name: str) -> float:
     return 0.0
 
 
-def distinct_results(dirs) -> set[str]:
-    return {line["key"] for d in dirs for line in result_lines(d / "results.jsonl") if line.get("status") == "ok"}
+def message_ids(bodies) -> set[str]:
+    return {json.loads(body)["MessageId"] for body in bodies}
 
 
-def wait_results(dirs, n: int, timeout: float, listener=None) -> tuple[float, float | None]:
-    """(when the last result appeared, when the listener's forwarder had sent all n) in perf_counter time."""
+def distinct_results(dirs, ids: set[str]) -> set[str]:
+    """Objects with an ok result from one of the notifications ``ids`` (a warm-up's are not counted)."""
+    return {
+        line["key"]
+        for d in dirs
+        for line in result_lines(d / "results.jsonl")
+        if line.get("status") == "ok" and line.get("message_id") in ids
+    }
+
+
+def forwarded(listener) -> float:
+    return admin_metric(listener, "snsd_forwarded_total") if listener is not None else 0.0
+
+
+def wait_results(dirs, ids: set[str], timeout: float, listener=None, before=0.0) -> tuple[float, float | None]:
+    """(when the last result appeared, when the listener's forwarder had sent them all) in perf_counter
+    time; ``before``: the listener's forwarded count before these were posted."""
     deadline = time.perf_counter() + timeout
     forwarded_at = None
+    n = len(ids)
+    target = before + n
     while time.perf_counter() < deadline:
-        if listener is not None and forwarded_at is None and admin_metric(listener, "snsd_forwarded_total") >= n:
+        if listener is not None and forwarded_at is None and admin_metric(listener, "snsd_forwarded_total") >= target:
             forwarded_at = time.perf_counter()
-        if len(distinct_results(dirs)) >= n and (listener is None or forwarded_at is not None):
+        if dirs and len(distinct_results(dirs, ids)) >= n and (listener is None or forwarded_at is not None):
             return time.perf_counter(), forwarded_at
+        if not dirs and forwarded_at is not None:
+            return float("nan"), forwarded_at
         time.sleep(0.05)
     return float("nan"), forwarded_at
 
 
-def run(label, mode, bodies, n, ls_pid, env, job_args, workers_per_process, timeout):
-    """One configuration; returns its figures."""
+def run(label, mode, warm, bodies, ls_pid, env, job_args, workers_per_process, timeout):
+    """One configuration: start it, run ``warm`` through it (clients built, processes started), then
+    measure ``bodies``; returns its figures.  Modes: single, listener (forwarding, no worker), sqs-N."""
     tag = f"{label}-{mode}-{uuid.uuid4().hex[:6]}"
     procs, result_dirs = [], []
     job, extra = job_args
+    queue = None
     try:
         if mode == "single":
             wd = workdir(tag)
@@ -83,53 +105,48 @@ def run(label, mode, bodies, n, ls_pid, env, job_args, workers_per_process, time
             result_dirs.append(wd)
         else:
             queue = wire_sqs(env["AWS_ENDPOINT_URL"], tag, visibility_timeout=120).queue_url
-            count = int(mode.split("-")[1])
+            count = 0 if mode == "listener" else int(mode.split("-")[1])
             listener = start_snsd(
-                workdir(tag + "-l"),
-                "--role",
-                "listener",
-                "--queue",
-                queue,
-                *extra,
-                job=job,
-                trusted_host=TRUSTED,
+                workdir(tag + "-l"), "--role", "listener", "--queue", queue, *extra, job=job, trusted_host=TRUSTED,
                 env=env,
-            )
+            )  # fmt: skip
             procs.append(listener)
             for i in range(count):
                 wd = workdir(f"{tag}-w{i}")
-                procs.append(
-                    start_snsd(
-                        wd,
-                        "--role",
-                        "worker",
-                        "--queue",
-                        queue,
-                        "--workers",
-                        str(workers_per_process),
-                        *extra,
-                        job=job,
-                        env=env,
-                    )
-                )
+                worker = start_snsd(
+                    wd, "--role", "worker", "--queue", queue, "--workers", str(workers_per_process), *extra,
+                    job=job, env=env,
+                )  # fmt: skip
+                procs.append(worker)
                 result_dirs.append(wd)
-        ls_cpu0, t0 = process_cpu(ls_pid), time.perf_counter()
+        forwarding = listener if mode != "single" else None
+        if warm:
+            before = forwarded(forwarding)
+            run_load(listener.port, warm, CONCURRENCY, 1)
+            wait_results(result_dirs, message_ids(warm), timeout, forwarding, before)
+        n = len(bodies)
+        ls_cpu0, t0, before = process_cpu(ls_pid), time.perf_counter(), forwarded(forwarding)
         load = run_load(listener.port, bodies, CONCURRENCY, 1, listener.process.pid)
-        done_at, forwarded_at = wait_results(result_dirs, n, timeout, listener if mode != "single" else None)
+        done_at, forwarded_at = wait_results(result_dirs, message_ids(bodies), timeout, forwarding, before)
         ls_cpu = process_cpu(ls_pid) - ls_cpu0
-        lost = n - len(distinct_results(result_dirs))
-        end_to_end = n / (done_at - load.started) if done_at == done_at else float("nan")
+        if result_dirs:
+            lost = n - len(distinct_results(result_dirs, message_ids(bodies)))
+        else:  # nothing took them from the queue: they are all there, or lost
+            import boto3
+
+            attributes = boto3.client("sqs").get_queue_attributes(
+                QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]
+            lost = n + len(warm) - int(attributes["ApproximateNumberOfMessages"])
         figures = {
             "ingest": load.rate,
             "statuses": load.statuses,
-            "end_to_end": end_to_end,
+            "end_to_end": n / (done_at - load.started) if done_at == done_at else float("nan"),
             "localstack_cpu": ls_cpu / (time.perf_counter() - t0),
             "lost": lost,
         }
-        if mode != "single":
-            figures["forwarded"] = admin_metric(listener, "snsd_forwarded_total")
-            if forwarded_at is not None:
-                figures["forward_rate"] = n / (forwarded_at - load.started)
+        if forwarding is not None and forwarded_at is not None:
+            figures["forward_rate"] = n / (forwarded_at - load.started)
         return figures
     finally:
         for p in procs:
@@ -145,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="job threads per process")
     parser.add_argument("--dq-files", type=int, default=16, help="data-quality objects per run (0: skip)")
     parser.add_argument("--size", type=parse_size, default=parse_size("5MiB"))
-    parser.add_argument("--modes", default="single,sqs-1,sqs-2")
+    parser.add_argument("--modes", default="single,listener,sqs-1,sqs-2")
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
     print(f"load average before: {os.getloadavg()}", flush=True)
@@ -160,12 +177,13 @@ def main(argv=None) -> int:
         print(f"LocalStack on {ls.url}", flush=True)
         table = []
         sleep_bodies = notifications(args.n, f"scale-{uuid.uuid4().hex[:6]}", cert.key_pem, cert.cert_url)
+        sleep_warm = notifications(40, f"warm-{uuid.uuid4().hex[:6]}", cert.key_pem, cert.cert_url)
         for mode in modes:
             figures = run(
                 "sleep50",
                 mode,
+                sleep_warm,
                 sleep_bodies,
-                args.n,
                 ls.process.pid,
                 env,
                 ("bench_jobs:sleep50", ()),
@@ -188,11 +206,12 @@ def main(argv=None) -> int:
             for mode in modes:
                 # The same objects each run, in fresh processes: each run's results are its own.
                 bodies = notifications(args.dq_files, "bench", cert.key_pem, cert.cert_url, bucket=BUCKET)
+                warm = notifications(2, "bench", cert.key_pem, cert.cert_url, bucket=BUCKET)
                 figures = run(
                     "dq",
                     mode,
+                    warm,
                     bodies,
-                    args.dq_files,
                     ls.process.pid,
                     env,
                     (None, ("--rules", str(rules), "--job-processes", "1")),

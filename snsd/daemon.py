@@ -367,7 +367,8 @@ def build_daemon(
         from snsd.sqs.worker import QueueDepth, QueueWorker
 
         # The queue's blocking boto3 calls get threads of their own (snsd/sqs/queue.py), never the job pool's.
-        io = pool_factory(reactor, SQS_IO_THREADS, nice=0)
+        # Niced like the job threads: under CPU contention the reactor answering SNS comes first.
+        io = pool_factory(reactor, SQS_IO_THREADS, nice=settings.job_nice)
         io.setName("sqs-io")
         queue = (queue_factory or SQSQueue)(settings.queue, io)
         extras = (io,)
