@@ -58,7 +58,7 @@ ADMIN_MAX_CONNECTIONS = 32
 # How often accepted MessageIds older than --dedup-ttl are forgotten by the spool.
 PRUNE_INTERVAL = 300.0
 # --role listener/worker: threads for the queue's blocking calls (one long poll, one send or delete).
-SQS_IO_THREADS = 4
+SQS_IO_THREADS = 6
 # How often a worker reads its queue's ApproximateNumberOfMessages (one request each).
 QUEUE_DEPTH_INTERVAL = 15.0
 # SQS keeps a message at most 14 days: the most an SNS envelope can have waited in it.

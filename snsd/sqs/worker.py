@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
 from snsd import metrics
@@ -38,6 +38,9 @@ log = Logger()
 # tens of ms under load) the other can already bring work for workers that freed up meanwhile.
 # Each holds an io thread for up to its 20 s wait, so this stays below the io threads (four).
 MAX_RECEIVES = 2
+# A finished message waits up to this long for others to share its DeleteMessageBatch call: one
+# call per ten messages instead of one each (docs/scaling.md's cost arithmetic).
+DELETE_WAIT = 0.05
 # How much longer than its wait a long poll may take to answer before a drain stops waiting for it.
 RECEIVE_GRACE = 5
 # A failed job's message comes back after min(2 ** (receives - 1), visibility) seconds.
@@ -92,6 +95,9 @@ class QueueWorker(Service):
         self._receives = 0  # ReceiveMessage calls in flight
         self._requested = 0  # messages those calls may still bring
         self._receive_waiters: list[Deferred] = []
+        self._to_delete: list[tuple[QueueMessage, str]] = []  # finished, waiting for a DeleteMessageBatch
+        self._delete_call = None
+        self._deleting: list[Deferred] = []
         self._retry = None
         self._idle: list[Deferred] = []
         breaker.on_change(lambda state: self._poll())
@@ -327,21 +333,45 @@ class QueueWorker(Service):
         return True
 
     def _delete(self, held: Held, why: str) -> None:
+        """Delete the message, in a DeleteMessageBatch with others finished within DELETE_WAIT."""
         if not self._forget(held):
             return
+        self._to_delete.append((held.message, why))
+        if len(self._to_delete) >= BATCH or self.draining:
+            self._flush_deletes()
+        elif self._delete_call is None:
+            self._delete_call = self.clock.callLater(DELETE_WAIT, self._flush_deletes)
 
-        def deleted(_):
-            metrics.SQS_DELETED.labels(why=why).inc()
+    def _flush_deletes(self) -> Deferred:
+        if self._delete_call is not None and self._delete_call.active():
+            self._delete_call.cancel()
+        self._delete_call = None
+        batch, self._to_delete = self._to_delete[:BATCH], self._to_delete[BATCH:]
+        if self._to_delete:
+            self._delete_call = self.clock.callLater(0, self._flush_deletes)
+        if not batch:
+            return succeed(None)
+        by_handle = {message.receipt_handle: (message, why) for message, why in batch}
+
+        def deleted(not_deleted):
+            for handle, (message, why) in by_handle.items():
+                if handle in not_deleted:
+                    log.warn("SQS did not delete message {sqs_message_id}", sqs_message_id=message.message_id)
+                else:
+                    metrics.SQS_DELETED.labels(why=why).inc()
 
         def failed(failure):
-            # It comes back after its visibility timeout and runs again: results are idempotent.
+            # They come back after their visibility timeout and run again: results are idempotent.
             log.warn(
-                "could not delete message {sqs_message_id}: {error}; it will be delivered again",
-                sqs_message_id=held.message.message_id,
+                "could not delete {count} messages: {error}; they will be delivered again",
+                count=len(batch),
                 error=failure.getErrorMessage(),
             )
 
-        self.queue.delete(held.message.receipt_handle).addCallbacks(deleted, failed)
+        d = self.queue.delete(list(by_handle)).addCallbacks(deleted, failed)
+        self._deleting.append(d)
+        d.addBoth(lambda _: self._deleting.remove(d))
+        return d
 
     def _give_back(self, held: Held, seconds: int) -> None:
         if self._forget(held):
@@ -360,12 +390,17 @@ class QueueWorker(Service):
         )
 
     def _release_all(self) -> Deferred:
+        # Finished messages are deleted (not released: their results are written), and waited for.
+        while self._to_delete:
+            self._flush_deletes()
+        deletes = DeferredList(list(self._deleting), consumeErrors=True)
         held = list(self._held.values())
         for h in held:
             self._forget(h)
         if held:
             log.info("draining: making {count} unfinished messages visible again", count=len(held))
-        return self._release([h.message.receipt_handle for h in held], "draining")
+        released = self._release([h.message.receipt_handle for h in held], "draining")
+        return DeferredList([deletes, released], consumeErrors=True)
 
     def _heartbeat_later(self, held: Held) -> None:
         held.heartbeat = self.clock.callLater(max(1, self.visibility / 3), self._heartbeat, held)
