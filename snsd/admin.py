@@ -4,6 +4,11 @@
     snsd-admin [--spool PATH] dead-letters export [--reason R] [--output FILE|-]
     snsd-admin [--spool PATH] dead-letters replay [--id N ...] [--reason R] [daemon options ...]
     snsd-admin [--spool PATH] spool stats
+    snsd-admin --queue URL dead-letters list|export|replay [--id MESSAGE_ID ...]
+
+With ``--queue`` (``--role listener/worker``), the dead letters are those of the SQS queue's
+dead-letter queue (its redrive policy names it): list and export read each once without consuming
+it, and replay sends each back to the main queue, where a worker runs it again.
 
 Replay runs each selected dead letter through the same job and the same result sink as the daemon
 (``--job``, ``--rules``, ``--dry-run``/``--results``, ``--results-bucket``/``--results-prefix``, with the
@@ -19,7 +24,6 @@ import os
 import sqlite3
 import sys
 import time
-from datetime import UTC, datetime
 
 from twisted.python import usage
 
@@ -28,12 +32,9 @@ from snsd.config import SNSDOptions
 from snsd.results import run_job
 from snsd.sinks import make_sink
 from snsd.spool import SpoolVersionError, fail_dead_letter_again, list_dead_letters, resolve_dead_letter
+from snsd.timestamps import iso
 
 EXIT_USAGE = 2
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _open(path: str) -> sqlite3.Connection:
@@ -75,7 +76,7 @@ def list_command(conn, args, out) -> int:
             d.reason,
             " ".join((d.error or "-").split()),
             str(d.attempts),
-            _iso(d.failed_at),
+            iso(d.failed_at, "seconds"),
         )
         for d in letters
     ]
@@ -104,7 +105,7 @@ def export_command(conn, args, out) -> int:
                         "envelope": envelope,
                         "reason": d.reason,
                         "error": d.error,
-                        "failed_at": _iso(d.failed_at),
+                        "failed_at": iso(d.failed_at, "seconds"),
                         "attempts": d.attempts,
                     },
                     ensure_ascii=False,
@@ -172,7 +173,7 @@ def stats_command(conn, args, out) -> int:
         ).fetchall()
     print(f"records owed a result: {pending}", file=out)
     if oldest is not None:
-        print(f"  oldest spooled at {_iso(oldest)}", file=out)
+        print(f"  oldest spooled at {iso(oldest, 'seconds')}", file=out)
     print(f"remembered message ids: {messages}", file=out)
     print(f"dead letters: {sum(n for _, n in by_reason)}", file=out)
     for reason, count in by_reason:
@@ -180,8 +181,59 @@ def stats_command(conn, args, out) -> int:
     if recent:
         print(f"most recent message ids (up to {args.recent}):", file=out)
         for message_id, accepted_at in recent:
-            print(f"  {_iso(accepted_at)}  {message_id}", file=out)
+            print(f"  {iso(accepted_at, 'seconds')}  {message_id}", file=out)
     return 0
+
+
+def queue_command(args, out) -> int:
+    """``dead-letters list|export|replay`` on the SQS dead-letter queue of ``args.queue``."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from snsd.sqs.deadletters import DeadLetterQueue
+
+    ids = set(args.id) if args.id else None
+    try:
+        dlq = DeadLetterQueue(args.queue)
+        if args.run is list_command:
+            letters = list(dlq.read(limit=args.limit, ids=ids))
+            for d in letters:
+                objects, sent = " ".join(d.objects()) or "-", iso(d.sent_at, "seconds")
+                print(f"{d.message_id}  {_cut(objects, 80)}  receives {d.receive_count}  sent {sent}", file=out)
+            print(f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'} in {dlq.url}", file=out)
+            return 0
+        if args.run is export_command:
+            target = out if args.output in (None, "-") else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+            try:
+                for d in dlq.read(ids=ids):
+                    target.write(
+                        json.dumps(
+                            {
+                                "message_id": d.message_id,
+                                "objects": d.objects(),
+                                "body": d.body,
+                                "receive_count": d.receive_count,
+                                "sent_at": iso(d.sent_at, "seconds"),
+                            },
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
+            finally:
+                if target is not out:
+                    target.close()
+            return 0
+        sent = failed = 0
+        for d, ok, error in dlq.replay(ids=ids):
+            sent, failed = sent + ok, failed + (not ok)
+            print(
+                f"{d.message_id}: {' '.join(d.objects()) or '-'} {'sent back' if ok else 'kept (' + error + ')'}",
+                file=out,
+            )
+        print(f"replayed {sent + failed}: {sent} sent back to {args.queue}, {failed} kept", file=out)
+        return 0 if failed == 0 else 1
+    except (BotoCoreError, ClientError) as e:
+        print(f"snsd-admin: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def parser() -> argparse.ArgumentParser:
@@ -191,10 +243,12 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("SNSD_SPOOL_PATH", "./snsd-spool.sqlite3"),
         help="the spool database (default $SNSD_SPOOL_PATH or ./snsd-spool.sqlite3)",
     )
+    p.add_argument("--queue", help="an SQS queue URL: dead-letters work on its dead-letter queue")
     # Also accepted after the command; otherwise replay would hand it to the daemon's options and
     # quietly use the default spool.
     spool_option = argparse.ArgumentParser(add_help=False)
     spool_option.add_argument("--spool", default=argparse.SUPPRESS, help="the spool database")
+    spool_option.add_argument("--queue", default=argparse.SUPPRESS, help="an SQS queue URL (its dead letters)")
     groups = p.add_subparsers(dest="group", required=True)
     dead = groups.add_parser("dead-letters", help="list, export or replay dead letters").add_subparsers(
         dest="command", required=True
@@ -202,13 +256,13 @@ def parser() -> argparse.ArgumentParser:
     listing = dead.add_parser("list", help="a table of dead letters", parents=[spool_option])
     listing.add_argument("--reason", help="only this reason (job_error, breaker_open, drain_timeout, sink_error)")
     listing.add_argument("--limit", type=int)
-    listing.add_argument("--id", type=int, nargs="+", action="extend", help="only these dead letters")
+    listing.add_argument("--id", type=_id, nargs="+", action="extend", help="only these dead letters")
     listing.set_defaults(run=list_command)
     export = dead.add_parser(
         "export", help="JSON lines with the record and the original SNS envelope", parents=[spool_option]
     )
     export.add_argument("--reason")
-    export.add_argument("--id", type=int, nargs="+", action="extend", help="only these dead letters")
+    export.add_argument("--id", type=_id, nargs="+", action="extend", help="only these dead letters")
     export.add_argument("--output", "-o", help="file (default: standard output)")
     export.set_defaults(run=export_command)
     replay = dead.add_parser(
@@ -218,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="Other options are the daemon's: --job, --rules, --dry-run, --results, "
         "--results-bucket, --results-prefix (and their environment variables).",
     )
-    replay.add_argument("--id", type=int, nargs="+", action="extend", help="only these dead letters")
+    replay.add_argument("--id", type=_id, nargs="+", action="extend", help="only these dead letters")
     replay.add_argument("--reason")
     replay.set_defaults(run=replay_command)
     spool = groups.add_parser("spool", help="spool statistics").add_subparsers(dest="command", required=True)
@@ -230,9 +284,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _id(text: str) -> int | str:
+    """A spool dead letter's number, or an SQS MessageId (with --queue)."""
+    return int(text) if text.isdigit() else text
+
+
 def main(argv: list[str] | None = None, out=None) -> int:
     out = out or sys.stdout
     args, rest = parser().parse_known_args(argv)
+    if args.queue:
+        if args.group != "dead-letters" or rest:
+            parser().error("--queue goes with dead-letters list|export|replay and their own options only")
+        return queue_command(args, out)
     if rest and args.run is not replay_command:
         parser().error(f"unrecognized arguments: {' '.join(rest)}")
     args.daemon_options = rest

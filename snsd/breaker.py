@@ -17,13 +17,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from snsd import metrics
+from snsd.logs import Logger
+from snsd.timestamps import iso
 
 log = Logger()
 
@@ -99,7 +99,7 @@ class CircuitBreaker(Service):
             "active": self.active,
             "forced": self.state is State.FORCED_OPEN,
             "consecutive_failures": self.consecutive_failures,
-            "last_failure_time": _iso(self.last_failure_time),
+            "last_failure_time": None if self.last_failure_time is None else iso(self.last_failure_time),
             "cooldown_remaining": round(self.cooldown_remaining(), 3),
             "cooldown": self._cooldown,
         }
@@ -209,9 +209,3 @@ class CircuitBreaker(Service):
 def _publish_state(current: State) -> None:
     for state in State:
         metrics.BREAKER_STATE.labels(state=state.value).set(1 if state is current else 0)
-
-
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -23,6 +23,16 @@ from twisted.python import usage
 from snsd.admission import AckMode, BreakerMode
 
 TRUE = {"1", "true", "yes", "on"}
+
+
+class Role(enum.Enum):
+    """Which part of snsd this process runs (``--role``; docs/scaling.md)."""
+
+    ALL = "all"  # everything in one process, records in the local SQLite spool (the default)
+    LISTENER = "listener"  # verify and spool locally, forward the records to the --queue
+    WORKER = "worker"  # take records from the --queue and run their jobs
+
+
 FALSE = {"0", "false", "no", "off", ""}
 
 
@@ -332,9 +342,22 @@ SETTINGS = (
     ),
     Setting("basic-auth", "SNSD_BASIC_AUTH", None, "Require HTTP Basic credentials USER:PASS.", credentials),
     Setting("log-format", "SNSD_LOG_FORMAT", "text", "Log format on stdout: text or json.", log_format),
+    Setting(
+        "role",
+        "SNSD_ROLE",
+        Role.ALL,
+        "all (one process), listener (spool and forward to --queue) or worker (run jobs from --queue).",
+        choice(Role),
+    ),
+    Setting("queue", "SNSD_QUEUE_URL", None, "SQS queue URL shared by listeners and workers (--role listener/worker)."),
+    Setting(
+        "visibility-timeout",
+        "SNSD_VISIBILITY_TIMEOUT_SECONDS",
+        60,
+        "Worker: seconds a received message stays invisible; extended every third of it while its jobs run.",
+        positive,
+    ),
 )
-
-BY_FLAG = {s.flag: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -378,6 +401,9 @@ class Settings:
     dedup_ttl: float = 3600.0
     basic_auth: str | None = None
     log_format: str = "text"
+    role: Role = Role.ALL
+    queue: str | None = None
+    visibility_timeout: int = 60
 
 
 def _describe_default(setting: Setting) -> str:
@@ -482,7 +508,15 @@ class SNSDOptions(usage.Options):
         if v["dedup-ttl"] < v["max-age"]:
             ttl, age = self.name("dedup-ttl"), self.name("max-age")
             raise usage.UsageError(f"{ttl} ({v['dedup-ttl']:g}) must be at least {age} ({v['max-age']:g})")
-        if not v["dry-run"] and not v["results-bucket"]:
+        if v["role"] is not Role.ALL and not v["queue"]:
+            raise usage.UsageError(f"{self.name('role')} {v['role'].value} needs --queue (or SNSD_QUEUE_URL)")
+        if v["role"] is Role.ALL and v["queue"]:
+            raise usage.UsageError(f"{self.name('queue')} needs --role listener or --role worker")
+        if v["role"] is Role.LISTENER and v["ack"] is AckMode.AFTER_JOB:
+            raise usage.UsageError(f"{self.name('ack')} after-job needs the jobs in this process: --role all")
+        if v["visibility-timeout"] > 43200:
+            raise usage.UsageError(f"{self.name('visibility-timeout')} must be at most 43200 (SQS's limit)")
+        if not v["dry-run"] and not v["results-bucket"] and v["role"] is not Role.LISTENER:
             raise usage.UsageError("--results-bucket is required unless --dry-run is given")
         if v["breaker-max-cooldown"] is not None and v["breaker-max-cooldown"] < v["breaker-cooldown"]:
             raise usage.UsageError(

@@ -9,6 +9,7 @@
       ├── dispatcher        Dispatcher: spool -> breaker -> pool -> sink -> spool
       ├── signature-checks  SignatureChecks: RSA checks in a thread, a reactor turn at a time
       ├── pruning           TimerService: forgets accepted MessageIds older than --dedup-ttl
+      ├── deadlines         TimerService: 408 to connections whose request is late (site.Connections)
       ├── http              Listener(Site(SNSEndpoint + /healthz, /readyz))
       └── admin-http        Listener(Site(OpsRoutes)) on --admin-port (none with --admin-on-main-port)
 
@@ -30,7 +31,7 @@ from twisted.internet.error import CannotListenError
 
 from snsd.admission import Admission, BreakerPolicy, Readiness
 from snsd.breaker import CircuitBreaker
-from snsd.config import Settings
+from snsd.config import Role, Settings
 from snsd.dispatcher import BATCH_WAIT, Dispatcher
 from snsd.exitsignal import exit_cleanly_after_sigterm
 from snsd.logs import Logger
@@ -39,7 +40,7 @@ from snsd.pool import WorkerPool
 from snsd.services import ClosingService, Listener, SpoolService
 from snsd.sinks import make_sink
 from snsd.site import Connections, make_site
-from snsd.spool import SQLiteSpool
+from snsd.spool import Recovery, SQLiteSpool
 from snsd.trust.certs import CertificateStore, load_certificate_dir
 from snsd.trust.confirm import SubscriptionConfirmer
 from snsd.trust.dedup import AcceptedIds, DedupCache
@@ -57,6 +58,12 @@ ADMIN_MAX_CONNECTIONS = 32
 
 # How often accepted MessageIds older than --dedup-ttl are forgotten by the spool.
 PRUNE_INTERVAL = 300.0
+# --role listener/worker: threads for the queue's blocking calls (one long poll, one send or delete).
+SQS_IO_THREADS = 4
+# How often a worker reads its queue's ApproximateNumberOfMessages (one request each).
+QUEUE_DEPTH_INTERVAL = 15.0
+# SQS keeps a message at most 14 days: the most an SNS envelope can have waited in it.
+SQS_MAX_AGE = 14 * 24 * 3600.0
 
 
 class SNSDaemon(MultiService):
@@ -77,7 +84,9 @@ class SNSDaemon(MultiService):
         sink,
         job,
         dedup,
+        connections: tuple[Connections, ...] = (),
         freeze_gc: bool = True,
+        extras: tuple[Service, ...] = (),
     ):
         super().__init__()
         self._reactor = reactor
@@ -93,16 +102,23 @@ class SNSDaemon(MultiService):
         self.sink = sink
         self.dedup = dedup
         self._freeze_gc = freeze_gc
-        self.spool_service = SpoolService(spool, settings.dedup_ttl)
+        # A worker keeps nothing locally (the queue holds its records): no spool, no pruning.
+        self.spool_service = SpoolService(spool, settings.dedup_ttl) if spool is not None else None
+        self.extras = extras
         self.job_service = ClosingService("job", getattr(job, "close", None))
         self.sink_service = ClosingService("sink", sink.close)
         # The first prune waits for the spool to open (see _prune); later ones every PRUNE_INTERVAL.
         self.pruning = TimerService(PRUNE_INTERVAL, self._prune)
         self.pruning.clock = clock
         self.pruning.setName("pruning")
-        children = (self.spool_service, breaker, pool, self.job_service, self.sink_service, dispatcher)
+        self.deadlines = TimerService(Connections.SWEEP_INTERVAL, _sweep_all, connections)
+        self.deadlines.clock = clock
+        self.deadlines.setName("deadlines")
+        children = (breaker, pool, self.job_service, self.sink_service, *extras, dispatcher)
+        children = ((self.spool_service,) if spool is not None else ()) + children
         children += (checks,) if checks is not None else ()
-        children += (self.pruning, http)
+        children += (self.pruning,) if spool is not None else ()
+        children += (self.deadlines, http)
         children += (admin_http,) if admin_http is not None else ()
         for service in children:
             service.setServiceParent(self)
@@ -143,6 +159,9 @@ class SNSDaemon(MultiService):
             )
         else:
             log.warn("--admin-on-main-port: /breaker and /metrics are open on the main port (development only)")
+        if self.spool_service is None:
+            self._recovered(Recovery(pending=0, recent_message_ids=()))
+            return
         opened = self.spool_service.opened
         opened.addCallback(self._recovered)
         opened.addErrback(lambda f: log.failure("could not open the spool {path}", f, path=self.spool.path))
@@ -154,7 +173,10 @@ class SNSDaemon(MultiService):
             # Everything built so far (Twisted, boto3, pyarrow, the app) lives as long as the
             # process.  Frozen, the cyclic GC stops rescanning it (docs/performance.md).
             gc.freeze()
-        log.info("ready: {pending} records pending in {spool}", pending=recovery.pending, spool=self.spool.path)
+        if self.spool is None:
+            log.info("ready: taking work from {queue}", queue=self.settings.queue)
+        else:
+            log.info("ready: {pending} records pending in {spool}", pending=recovery.pending, spool=self.spool.path)
 
     def _prune(self) -> Deferred | None:
         if not self.dispatcher.ready:  # the spool is not open yet (the TimerService's first call)
@@ -177,7 +199,8 @@ class SNSDaemon(MultiService):
     def _stop(self):
         timeout = self.settings.drain_timeout
         # The dispatcher's drain (below, in this same turn) is what refuses new POSTs from now on.
-        yield self._step("stopping the spool pruning", self.pruning.stopService)
+        if self.spool is not None:
+            yield self._step("stopping the spool pruning", self.pruning.stopService)
         log.info(
             "draining: waiting up to {timeout}s for {running} running jobs; {pending} pending stay spooled",
             timeout=timeout,
@@ -185,17 +208,23 @@ class SNSDaemon(MultiService):
             pending=self.dispatcher.pending,
         )
         finished = yield self.dispatcher.drain(timeout)
-        if not finished:
+        in_memory = self.spool is not None and self.spool.in_memory
+        if not finished and self.spool is None:
+            log.warn(
+                "drain timed out with {running} jobs running; their messages were made visible again",
+                running=self.dispatcher.jobs_running,
+            )
+        elif not finished:
             log.warn(
                 "drain timed out with {running} jobs running; "
                 + (
                     "the in-memory spool cannot keep them: dead letters below"
-                    if self.spool.in_memory
+                    if in_memory
                     else "they stay spooled and run again at next start"
                 ),
                 running=self.dispatcher.jobs_running,
             )
-        if self.spool.in_memory:
+        if in_memory:
             # Nothing survives this process: log every record still owed a result.
             yield self._step(
                 "logging the in-memory spool's records", lambda: self.dispatcher.dead_letter_unstarted("drain_timeout")
@@ -210,12 +239,14 @@ class SNSDaemon(MultiService):
         for what, stop in (
             ("closing the HTTP port", self.http.stopService),
             ("closing the admin port", self.admin_http.stopService if self.admin_http is not None else None),
+            ("stopping the request deadlines", self.deadlines.stopService),
             ("stopping the signature checks", self.checks.stopService if self.checks is not None else None),
-            ("closing the spool", self.spool_service.stopService),
+            ("closing the spool", self.spool_service.stopService if self.spool_service is not None else None),
             ("stopping the worker pool", stop_pool),
             ("stopping the job processes", self.job_service.stopService),
             ("closing the results sink", self.sink_service.stopService),
             ("stopping the dispatcher", self.dispatcher.stopService),
+            *((f"stopping the {extra.name}", _without_join(extra)) for extra in self.extras),
             ("stopping the breaker", self.breaker.stopService),
         ):
             if stop is not None:
@@ -229,11 +260,12 @@ class SNSDaemon(MultiService):
     def _announce(self) -> None:
         s = self.settings
         log.info(
-            "snsd on {port}: {workers} workers, breaker mode {mode}, spool {spool}, results to {sink}",
+            "snsd {role} on {port}: {workers} workers, breaker mode {mode}, spool {spool}, results to {sink}",
+            role=s.role.value,
             port=s.port,
             workers=s.workers,
             mode=s.breaker_mode.value,
-            spool=s.spool,
+            spool=s.spool if self.spool is not None else "none (the queue)",
             sink=self.sink.describe(),
         )
         if not s.verify_signatures:
@@ -245,8 +277,17 @@ class SNSDaemon(MultiService):
             )
         if not s.topic_arn:
             log.warn("no --topic-arn given: messages from every topic are accepted")
-        if s.spool == ":memory:":
+        if s.spool == ":memory:" and self.spool is not None:
             log.warn("--spool :memory: keeps accepted records in memory only; a crash loses them")
+
+
+def _sweep_all(connections: tuple[Connections, ...]) -> None:
+    for each in connections:
+        try:
+            each.sweep()
+        except Exception:
+            # A TimerService whose call raises stops for good: log, and sweep again next time.
+            log.failure("sweeping late requests failed")
 
 
 def job_for(settings: Settings):
@@ -268,6 +309,7 @@ def build_daemon(
     http_client=None,
     pool_factory=WorkerPool,
     spool_factory=SQLiteSpool,
+    queue_factory=None,
     offload_signatures: bool = True,
     batch_wait: float = BATCH_WAIT,
     freeze_gc: bool = True,
@@ -278,10 +320,13 @@ def build_daemon(
     time; ``http_client`` (treq's API; by default treq, through ``HTTPS_PROXY`` when set) fetches
     certificates and confirms subscriptions;
     ``pool_factory(reactor, workers, nice=...)`` makes the job pool (a Service with ``submit``);
-    ``spool_factory(reactor, path, clock=...)`` the spool.  Tests pass in-memory ones of each."""
+    ``spool_factory(reactor, path, clock=...)`` the spool;
+    ``queue_factory(url, io)`` the SQS queue of ``--role listener/worker`` (``io``: a pool from
+    ``pool_factory`` for its blocking calls).  Tests pass in-memory ones of each."""
     clock = clock or reactor
     if http_client is None:
         http_client = make_http_client(reactor, os.environ)
+    role = settings.role
     breaker = CircuitBreaker(
         clock,
         max_failures=settings.breaker_max_failures,
@@ -289,48 +334,95 @@ def build_daemon(
         max_cooldown=settings.breaker_max_cooldown,
         half_open_successes=settings.breaker_half_open_successes,
     )
-    pool = pool_factory(reactor, settings.workers, nice=settings.job_nice)
-    spool = spool_factory(reactor, settings.spool, clock=clock)
-    sink = make_sink(settings)
-    job = job_for(settings)
-    policy = BreakerPolicy(breaker, settings.breaker_mode)
-    dispatcher = Dispatcher(
-        spool,
-        pool,
-        breaker,
-        job,
-        sink,
-        clock,
-        workers=settings.workers,
-        policy=policy,
-        max_pending=settings.max_pending,
-        batch_wait=batch_wait,
-    )
     host_trust = HostTrust(settings.trusted_host)
     checks = SignatureChecks(reactor, clock=clock) if offload_signatures else None
-    verifier = MessageVerifier(
-        CertificateStore(
-            http_client,
-            clock,
-            host_trust,
-            preloaded=load_certificate_dir(settings.cert_dir) if settings.cert_dir else None,
-        ),
+    certificates = CertificateStore(
+        http_client,
+        clock,
         host_trust,
-        TopicAllowList(settings.topic_arn),
-        clock,
-        max_age=settings.max_age,
-        verify_signatures=settings.verify_signatures,
-        checks=checks,
+        preloaded=load_certificate_dir(settings.cert_dir) if settings.cert_dir else None,
     )
-    dedup = AcceptedIds(DedupCache(clock, ttl=settings.dedup_ttl), spool, max_age=settings.max_age)
-    admission = Admission(
-        dispatcher,
-        dedup,
-        policy,
-        SubscriptionConfirmer(http_client, host_trust, clock=clock),
-        clock,
-        ack=settings.ack,
-    )
+    topics = TopicAllowList(settings.topic_arn)
+
+    def verifier_for(max_age: float) -> MessageVerifier:
+        return MessageVerifier(
+            certificates,
+            host_trust,
+            topics,
+            clock,
+            max_age=max_age,
+            verify_signatures=settings.verify_signatures,
+            checks=checks,
+        )
+
+    verifier = verifier_for(settings.max_age)
+    # A listener runs no jobs: one idle thread keeps /readyz's pool check meaningful.
+    pool = pool_factory(reactor, 1 if role is Role.LISTENER else settings.workers, nice=settings.job_nice)
+    spool = spool_factory(reactor, settings.spool, clock=clock) if role is not Role.WORKER else None
+    policy = BreakerPolicy(breaker, settings.breaker_mode)
+    extras: tuple = ()
+    if role is Role.ALL:
+        sink = make_sink(settings)
+        job = job_for(settings)
+        dispatcher = Dispatcher(
+            spool,
+            pool,
+            breaker,
+            job,
+            sink,
+            clock,
+            workers=settings.workers,
+            policy=policy,
+            max_pending=settings.max_pending,
+            batch_wait=batch_wait,
+        )
+    else:
+        from snsd.sqs.forwarder import Forwarder
+        from snsd.sqs.queue import SQSQueue
+        from snsd.sqs.worker import QueueDepth, QueueWorker
+
+        # The queue's blocking boto3 calls get threads of their own (snsd/sqs/queue.py), never the job pool's.
+        io = pool_factory(reactor, SQS_IO_THREADS, nice=0)
+        io.setName("sqs-io")
+        queue = (queue_factory or SQSQueue)(settings.queue, io)
+        extras = (io,)
+        if role is Role.LISTENER:
+            sink, job = QueueTarget(settings.queue), None
+            dispatcher = Forwarder(spool, queue, clock, max_pending=settings.max_pending)
+        else:
+            sink = make_sink(settings)
+            job = job_for(settings)
+            dispatcher = QueueWorker(
+                queue,
+                pool,
+                breaker,
+                job,
+                sink,
+                clock,
+                # A message may wait in the queue for days: its signed timestamp's age means nothing there.
+                verifier_for(SQS_MAX_AGE),
+                workers=settings.workers,
+                visibility=settings.visibility_timeout,
+            )
+            depth = TimerService(QUEUE_DEPTH_INTERVAL, QueueDepth(queue))
+            depth.clock = clock
+            depth.setName("queue-depth")
+            extras += (depth,)
+    if role is Role.WORKER:
+        from snsd.sqs.worker import NotAListener
+
+        admission = NotAListener(dispatcher)
+        dedup = NoDedup()
+    else:
+        dedup = AcceptedIds(DedupCache(clock, ttl=settings.dedup_ttl), spool, max_age=settings.max_age)
+        admission = Admission(
+            dispatcher,
+            dedup,
+            policy,
+            SubscriptionConfirmer(http_client, host_trust, clock=clock),
+            clock,
+            ack=settings.ack,
+        )
     endpoint = SNSEndpoint(
         verifier=verifier,
         admission=admission,
@@ -368,9 +460,43 @@ def build_daemon(
         breaker=breaker,
         http=http,
         admin_http=admin_http,
+        connections=(connections,) if admin_http is None else (connections, admin_connections),
         checks=checks,
         sink=sink,
         job=job,
         dedup=dedup,
         freeze_gc=freeze_gc,
+        extras=extras,
     )
+
+
+def _without_join(service):
+    """Stops ``service``; a thread pool's threads are not waited for: one may sit in a 20 s long
+    poll whose messages, if any, simply come back after their visibility timeout."""
+
+    def stop():
+        if hasattr(service, "stop"):
+            service.stop(join=False)
+        return service.stopService()
+
+    return stop
+
+
+class QueueTarget:
+    """A listener's stand-in for the results sink: its records go to the queue, not to results."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"the SQS queue {self.url} (workers write them)"
+
+
+class NoDedup:
+    """A worker takes no SNS POSTs, so it remembers no MessageIds."""
+
+    def load(self, recent_message_ids) -> None:
+        pass

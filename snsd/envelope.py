@@ -15,7 +15,6 @@ import orjson
 NOTIFICATION = "Notification"
 SUBSCRIPTION_CONFIRMATION = "SubscriptionConfirmation"
 UNSUBSCRIBE_CONFIRMATION = "UnsubscribeConfirmation"
-MESSAGE_TYPES = (NOTIFICATION, SUBSCRIPTION_CONFIRMATION, UNSUBSCRIBE_CONFIRMATION)
 
 _COMMON_FIELDS = ("Type", "MessageId", "TopicArn", "Message", "Timestamp")
 _REQUIRED_BY_TYPE = {
@@ -42,7 +41,6 @@ class SNSEnvelope:
     signing_cert_url: str | None
     subscribe_url: str | None
     token: str | None
-    unsubscribe_url: str | None
     # The decoded JSON object, kept so the signature checker can build the exact
     # string to sign and the spool can store the original envelope.
     fields: dict
@@ -91,7 +89,6 @@ def parse_envelope(body: bytes, type_header: str | None = None) -> SNSEnvelope:
         signing_cert_url=optional("SigningCertURL") or optional("SigningCertUrl"),
         subscribe_url=optional("SubscribeURL"),
         token=optional("Token"),
-        unsubscribe_url=optional("UnsubscribeURL"),
         fields=fields,
         raw=body,
     )
@@ -136,7 +133,6 @@ def raw_delivery_envelope(body: bytes, message_id: str | None, topic_arn: str | 
         signing_cert_url=None,
         subscribe_url=None,
         token=None,
-        unsubscribe_url=None,
         fields=fields,
         raw=json.dumps(fields).encode("utf-8"),
     )

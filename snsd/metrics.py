@@ -58,3 +58,24 @@ def cert_cache(result: str):
 @cache
 def connections_refused(reason: str):
     return CONNECTIONS_REFUSED.labels(reason=reason)
+
+
+# -- SQS roles (snsd/sqs): on the /metrics of the process that does the work -------------------
+OUTBOX_PENDING = Gauge("snsd_outbox_pending", "Listener: records spooled locally and not yet confirmed by SQS")
+FORWARDED = Counter("snsd_forwarded_total", "Listener: records SQS confirmed (they then leave the local spool)")
+FORWARD_FAILURES = Counter(
+    "snsd_forward_failures_total", "Listener: SendMessageBatch calls or entries that failed, by what", ["what"]
+)
+SQS_RECEIVED = Counter("snsd_sqs_received_total", "Worker: messages received from the queue")
+SQS_REDELIVERED = Counter("snsd_sqs_redelivered_total", "Worker: messages received with ApproximateReceiveCount > 1")
+SQS_DELETED = Counter("snsd_sqs_deleted_total", "Worker: messages deleted from the queue, by why", ["why"])
+SQS_DISCARDED = Counter(
+    "snsd_sqs_discarded_total",
+    "Worker: messages deleted without a job (malformed, TestEvent, ...), by reason",
+    ["reason"],
+)
+SQS_VISIBILITY_EXTENSIONS = Counter(
+    "snsd_sqs_visibility_extensions_total", "Worker: visibility-timeout extensions of messages whose jobs run"
+)
+SQS_RECEIVE_FAILURES = Counter("snsd_sqs_receive_failures_total", "Worker: ReceiveMessage calls that failed")
+SQS_QUEUE_DEPTH = Gauge("snsd_sqs_queue_depth", "Worker: the queue's ApproximateNumberOfMessages, polled")

@@ -19,8 +19,9 @@ import threading
 
 from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+
+from snsd.logs import Logger
 
 log = Logger()
 

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
 
 from snsd.records import S3ObjectRecord
+from snsd.timestamps import iso
 
 
 def run_job(job, record: S3ObjectRecord, attempt: int) -> dict:
     """Run ``job(record)`` and return its result line; an exception becomes ``status: error``."""
-    started = time.time()
+    started, clock = time.time(), time.monotonic()
     line = record.to_dict()
     try:
         result, error, error_kind, status = job(record), None, None, "ok"
     except Exception as e:
         result, error, error_kind, status = None, str(e) or type(e).__name__, error_kind_of(e), "error"
-    finished = time.time()
+    # The times say when (wall clock); the duration comes from the monotonic clock, which a
+    # wall-clock step (NTP, a VM resumed) cannot make negative or inflate.
+    duration, finished = time.monotonic() - clock, time.time()
     line.update(
         status=status,
         result=result,
@@ -26,7 +28,7 @@ def run_job(job, record: S3ObjectRecord, attempt: int) -> dict:
         error_kind=error_kind,
         started_at=iso(started),
         finished_at=iso(finished),
-        duration_ms=round((finished - started) * 1000, 3),
+        duration_ms=round(duration * 1000, 3),
         worker=threading.current_thread().name,
         attempt=attempt,
     )
@@ -40,7 +42,3 @@ def verdict_of(line: dict) -> str:
 
 def error_kind_of(error: Exception) -> str:
     return getattr(error, "kind", None) or type(error).__name__
-
-
-def iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

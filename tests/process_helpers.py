@@ -33,6 +33,20 @@ def missing(record):
 """
 
 
+def poll_until(predicate, timeout: float, what: str, output=lambda: ""):
+    """Poll ``predicate()`` until it is truthy and return its value: the code under test is
+    another process, so polling its observable output is the synchronisation we have.  On
+    timeout the assertion names ``what`` and shows the end of ``output()``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; output:\n{output()[-4000:]}")
+        time.sleep(0.05)
+
+
 class Daemon:
     """A ``twistd -n snsd`` process listening on a kernel-chosen loopback port."""
 
@@ -148,15 +162,7 @@ class Daemon:
         return [json.loads(line) for line in self.results.read_text().splitlines() if line.strip()]
 
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
-        """Poll ``predicate()`` until it is truthy: the daemon is another process, so polling
-        its observable output is the synchronisation we have."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
+        return poll_until(predicate, timeout, what, self.output)
 
 
 def notification(message: str, message_id: str, topic_arn: str = "arn:aws:sns:us-east-1:123456789012:uploads") -> bytes:

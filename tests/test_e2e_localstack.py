@@ -3,7 +3,7 @@ S3 upload -> S3 event notification -> SNS topic -> signed HTTP POST -> snsd -> j
 
 One LocalStack and one daemon per session (signature verification on, LocalStack's host trusted);
 the breaker test gets its own daemon so its failures do not disturb the others, and the one-command
-run (`python -m snsd.tools.run`) starts its own on a free port against the same LocalStack.
+run (`python -m snsd_devtools.run`) starts its own on a free port against the same LocalStack.
 """
 
 import json
@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
-from snsd.tools.localstack import free_port, is_healthy
 from snsd.tools.wire import find_subscription, wire
-from tests.process_helpers import Daemon
+from snsd_devtools.localstack import free_port, is_healthy
+from tests.process_helpers import Daemon, poll_until
 
 pytestmark = pytest.mark.localstack
 
@@ -270,17 +270,19 @@ def test_the_one_command_run_wires_confirms_and_stops_on_sigterm(tmp_path, local
     port = free_port()
     results = tmp_path / "results.jsonl"
     log = tmp_path / "run.out"
-    command = [sys.executable, "-m", "snsd.tools.run", "--port", str(port), "--bucket", bucket]
+    command = [sys.executable, "-m", "snsd_devtools.run", "--port", str(port), "--bucket", bucket]
     command += ["--topic", f"{bucket}-topic", "--results", str(results), "--spool", str(tmp_path / "spool.sqlite3")]
     with open(log, "wb") as out:
         run = subprocess.Popen(command, env={**os.environ, **aws_env}, stdout=out, stderr=subprocess.STDOUT)
     try:
-        poll_until(lambda: b"Upload a file" in log.read_bytes() or run.poll() is not None, 60, log)
+        poll_until(
+            lambda: b"Upload a file" in log.read_bytes() or run.poll() is not None, 60, "the banner", log.read_text
+        )
         assert run.poll() is None, log.read_text()
         assert f"snsd is running at http://127.0.0.1:{port}" in log.read_text()
         assert "(confirmed by snsd)" in log.read_text()
         s3.put_object(Bucket=bucket, Key="in/a b.csv", Body=b"id\n1\n")
-        poll_until(lambda: results.exists() and results.read_text().strip(), 30, log)
+        poll_until(lambda: results.exists() and results.read_text().strip(), 30, "the result line", log.read_text)
         (line,) = [json.loads(text) for text in results.read_text().splitlines()]
         assert (line["bucket"], line["key"], line["status"]) == (bucket, "in/a b.csv", "ok")
     finally:
@@ -289,11 +291,3 @@ def test_the_one_command_run_wires_confirms_and_stops_on_sigterm(tmp_path, local
     assert code == 0, log.read_text()
     assert "Server Shut Down." in log.read_text()
     assert is_healthy(localstack_url)  # it reused LocalStack, so it left it running
-
-
-def poll_until(predicate, timeout, log):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; output:\n{log.read_text()[-4000:]}")
-        time.sleep(0.05)

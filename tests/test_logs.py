@@ -7,7 +7,6 @@ import io
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 from twisted.application.service import Application
@@ -24,7 +23,7 @@ from snsd.logs import (
     level_from_env,
     make_observer,
 )
-from tests.process_helpers import LISTENING, TWISTD, Daemon, notification
+from tests.process_helpers import LISTENING, TWISTD, Daemon, notification, poll_until
 from tests.trust_helpers import notification as sns_notification
 from tests.trust_helpers import signed
 from tests.web_harness import Snsd, s3_message
@@ -275,7 +274,8 @@ def test_every_interval_the_throttle_reports_what_it_cut_and_once_more_after_the
 @pytest.mark.process
 def test_twistd_logfile_gets_snsds_json_lines(tmp_path):
     path = tmp_path / "snsd.log"
-    args = ["--port", "tcp:0:interface=127.0.0.1", "--dry-run", "--spool", ":memory:", "--log-format", "json"]
+    args = ["--port", "tcp:0:interface=127.0.0.1", "--admin-port", "tcp:0:interface=127.0.0.1"]
+    args += ["--dry-run", "--spool", ":memory:", "--log-format", "json"]
     process = subprocess.Popen(
         [TWISTD, "-n", "--pidfile=", "--logfile", str(path), "snsd", *args],
         cwd=tmp_path,
@@ -283,10 +283,12 @@ def test_twistd_logfile_gets_snsds_json_lines(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not (path.exists() and LISTENING.search(path.read_bytes())):
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-            time.sleep(0.05)
+        poll_until(
+            lambda: process.poll() is not None or (path.exists() and LISTENING.search(path.read_bytes())),
+            60,
+            "the listening line",
+        )
+        assert process.poll() is None
     finally:
         process.send_signal(signal.SIGTERM)
         stdout, _ = process.communicate(timeout=60)

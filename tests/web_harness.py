@@ -12,7 +12,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.testing import MemoryReactorClock
 
 from snsd.admission import AckMode, BreakerMode
-from snsd.config import Settings
+from snsd.config import Role, Settings
 from snsd.daemon import build_daemon
 from snsd.spool import SQLiteSpool
 from tests.trust_helpers import NOW, RecordingResource, certificate_pem, make_certificate, result_of, rsa_key
@@ -84,6 +84,11 @@ class Snsd:
         max_failures=2,
         max_age=3600.0,
         dedup_ttl=3600.0,
+        role="all",
+        queue=None,
+        visibility_timeout=60,
+        pool_factory=None,
+        workers=4,
         admin_on_main_port=False,
     ):
         self.clock = MemoryReactorClock()
@@ -104,7 +109,7 @@ class Snsd:
 
         self.settings = Settings(
             port="tcp:0",
-            workers=4,
+            workers=workers,
             breaker_max_failures=max_failures,
             breaker_cooldown=30,
             breaker_mode=BreakerMode(breaker_mode),
@@ -122,14 +127,19 @@ class Snsd:
             basic_auth=basic_auth,
             max_age=max_age,
             dedup_ttl=dedup_ttl,
+            role=Role(role),
+            queue=queue.url if queue is not None else None,
+            visibility_timeout=visibility_timeout,
             admin_on_main_port=admin_on_main_port,
         )
         self.daemon = build_daemon(
             self.clock,
             self.settings,
             http_client=self.aws_http,
-            pool_factory=InlinePool,
+            pool_factory=pool_factory or InlinePool,
             spool_factory=inline_spool,
+            # --role listener/worker: the tests' in-memory queue (tests/sqs_fakes.py).
+            queue_factory=lambda url, io: queue,
             # Checks made inline: the fake reactor runs no threads.
             offload_signatures=False,
             # Jobs run inline and at once here; the batch wait has its own tests (test_dispatcher).
@@ -145,7 +155,7 @@ class Snsd:
         self.dispatcher = self.daemon.dispatcher
         self.accepted = self.daemon.dedup
         self.admission = self.endpoint.admission
-        self.policy = self.admission.policy
+        self.policy = getattr(self.admission, "policy", None)  # a worker has no admission policy
         # What the main port and the admin listener serve, as their Sites do.
         self.client = StubTreq(self.daemon.http.factory.resource)
         admin = self.daemon.admin_http

@@ -12,13 +12,13 @@ from collections.abc import Callable
 
 import botocore.exceptions
 from botocore.config import Config
-from twisted.logger import Logger
 
 from snsd.awsclients import MAX_POOL_CONNECTIONS, SharedClient
 from snsd.dq.checks import TableChecker, check_result
 from snsd.dq.formats import UnreadableError, detect_format, open_source
 from snsd.dq.profile import Profiler
 from snsd.dq.rules import RuleBook, load_rules
+from snsd.logs import Logger
 from snsd.records import S3ObjectRecord
 
 log = Logger()

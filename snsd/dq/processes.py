@@ -22,9 +22,9 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 
 from pebble import ProcessExpired, ProcessPool
-from twisted.logger import Logger
 
 from snsd.dq.rules import RuleBook
+from snsd.logs import Logger
 from snsd.records import S3ObjectRecord
 
 log = Logger()

@@ -23,6 +23,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from snsd.tools import wire_queue
+
 DEFAULT_BUCKET = "incoming"
 DEFAULT_TOPIC = "snsd-uploads"
 DEFAULT_REGION = "us-east-1"
@@ -231,6 +233,36 @@ def wire(
     return Wiring(topic_arn=topic_arn, subscription_arn=subscription_arn, bucket=bucket, actions=tuple(actions))
 
 
+def wire_sqs(
+    endpoint_url: str | None,
+    queue: str,
+    feed: str = "listener",
+    bucket: str = DEFAULT_BUCKET,
+    topic: str = DEFAULT_TOPIC,
+    region: str = DEFAULT_REGION,
+    max_receive_count: int = wire_queue.DEFAULT_MAX_RECEIVES,
+    visibility_timeout: int = wire_queue.DEFAULT_VISIBILITY,
+) -> wire_queue.QueueWiring:
+    """The queue and its dead letters; with ``feed`` sns or s3 also bucket -> (topic ->) queue.
+    ``feed`` listener: listeners forward to the queue (wire them with :func:`wire` as usual)."""
+    s3, sns = clients(endpoint_url, region)
+    sqs = _session(region).client("sqs", endpoint_url=endpoint_url, config=_CONFIG)
+    actions: list[str] = []
+    wiring = wire_queue.ensure_queues(sqs, queue, max_receive_count, visibility_timeout, actions)
+    if feed in ("sns", "s3"):
+        _ensure_bucket(s3, bucket, region, actions)
+    if feed == "sns":
+        topic_arn = _ensure_topic(sns, topic, actions)
+        _ensure_policy(sns, topic_arn, bucket, actions)
+        _ensure_notification(s3, bucket, topic, topic_arn, actions)
+        wire_queue.subscribe_queue(sns, sqs, topic_arn, wiring, actions)
+    elif feed == "s3":
+        wire_queue.notify_queue(s3, sqs, bucket, wiring, actions)
+    return wire_queue.QueueWiring(
+        wiring.queue_url, wiring.queue_arn, wiring.dead_letter_url, wiring.dead_letter_arn, tuple(actions)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="snsd-wire", description=__doc__.split("\n\n")[0])
     default_endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("LOCALSTACK_URL") or "http://127.0.0.1:4566"
@@ -244,7 +276,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--wait-confirmed", type=float, default=None, metavar="SECONDS", help="wait until snsd confirmed it"
     )
+    parser.add_argument("--queue", help="SQS queue name: create it, its dead-letter queue and redrive policy")
+    parser.add_argument(
+        "--feed",
+        choices=("listener", "sns", "s3"),
+        default="listener",
+        help="with --queue: who fills the queue (listener: snsd listeners; sns: S3 -> SNS -> SQS; s3: S3 -> SQS)",
+    )
+    parser.add_argument("--max-receive-count", type=int, default=wire_queue.DEFAULT_MAX_RECEIVES)
+    parser.add_argument("--visibility-timeout", type=int, default=wire_queue.DEFAULT_VISIBILITY)
     args = parser.parse_args(argv)
+    if args.queue:
+        try:
+            queues = wire_sqs(
+                args.endpoint_url,
+                args.queue,
+                args.feed,
+                args.bucket,
+                args.topic,
+                args.region,
+                args.max_receive_count,
+                args.visibility_timeout,
+            )
+        except (BotoCoreError, ClientError, ValueError) as exc:
+            print(f"snsd-wire: {exc}", file=sys.stderr)
+            return 1
+        for action in queues.actions:
+            print(action)
+        print(f"queue_url={queues.queue_url}")
+        print(f"dead_letter_url={queues.dead_letter_url}")
+        if args.feed != "listener":
+            return 0
     try:
         wiring = wire(args.endpoint_url, args.listener_url, args.bucket, args.topic, args.region, args.wait_confirmed)
     except TimeoutError as exc:

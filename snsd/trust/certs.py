@@ -34,10 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from snsd import metrics
+from snsd.logs import Logger
 from snsd.trust.errors import TrustError
 from snsd.trust.fetch import FetchFailed, get_bounded
 from snsd.trust.hosts import CERT_FILE_NAME, HostTrust

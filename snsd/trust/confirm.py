@@ -17,10 +17,10 @@ from xml.etree import ElementTree
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from snsd import metrics
 from snsd.envelope import SUBSCRIPTION_CONFIRMATION, SNSEnvelope
+from snsd.logs import Logger
 from snsd.trust.errors import TrustError
 from snsd.trust.fetch import get_bounded
 from snsd.trust.hosts import HostTrust

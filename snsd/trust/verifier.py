@@ -14,10 +14,10 @@ from datetime import datetime
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from snsd import metrics
 from snsd.envelope import SNSEnvelope
+from snsd.logs import Logger
 from snsd.trust.certs import CertificateStore
 from snsd.trust.errors import TrustError
 from snsd.trust.hosts import HostTrust

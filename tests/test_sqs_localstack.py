@@ -1,0 +1,321 @@
+"""--role listener / --role worker against a real LocalStack SQS (issue 16's scenarios).
+
+Every process is a real ``twistd -n snsd``; uploads are real S3 puts, delivered by LocalStack's
+S3 -> SNS (signed) -> listener, or S3 -> SQS, or S3 -> SNS -> SQS.  Each test makes its own
+queues (``snsd-wire --queue``'s code) so none sees another's messages.
+
+Scaled down to keep the LocalStack part of ``make test`` within a few minutes on the shared
+two-core machine, as docs/scaling.md says: 200 uploads instead of 500 for the two-worker run,
+and a 20 s SQS outage instead of 60 s (past the forwarder's 16 s backoff step; the cap is
+tested in memory).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from snsd.records import S3ObjectRecord
+from snsd.sqs.codec import encode_record
+from snsd.tools.wire import wire, wire_sqs
+from tests.process_helpers import Daemon
+from tests.tcp_proxy import CuttableProxy
+
+pytestmark = pytest.mark.localstack
+
+UPLOADS = 200
+OUTAGE = 20.0
+VISIBILITY = 6
+
+
+def trusted(localstack_url):
+    return f"127.0.0.1:{urlsplit(localstack_url).port}"
+
+
+def client(service, aws_env, endpoint=None):
+    return boto3.client(
+        service,
+        endpoint_url=endpoint or aws_env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+def name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def start(workdir, role, queue_url, aws_env, *args, env=None):
+    daemon = Daemon(workdir, "--role", role, "--queue", queue_url, *args, env={**aws_env, **(env or {})})
+    return daemon.start(timeout=60)
+
+
+def worker(workdir, queue_url, aws_env, results_bucket, *args, env=None):
+    """A worker writing results to S3 (so several workers' results are counted in one place)."""
+    daemon = Daemon(workdir, "--role", "worker", "--queue", queue_url, *args, env={**aws_env, **(env or {})})
+    at = daemon.args.index("--dry-run")
+    del daemon.args[at : at + 3]  # --dry-run --results PATH: S3 instead
+    daemon.args += ["--results-bucket", results_bucket, "--results-prefix", "results/"]
+    return daemon.start(timeout=60)
+
+
+def result_keys(s3, bucket) -> set[str]:
+    keys = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="results/"):
+        keys.update(o["Key"] for o in page.get("Contents", []))
+    return keys
+
+
+def wait_until(predicate, timeout, what, *daemons):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    logs = "\n".join(d.output()[-3000:] for d in daemons)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def metric(daemon, sample: str, **labels: str) -> float:
+    """The sum of ``sample``'s values on the daemon's /metrics whose labels include ``labels``."""
+    status, body, _ = daemon.admin("GET", "/metrics")
+    assert status == 200
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    )
+
+
+def queue_depth(sqs, url) -> int:
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.fixture
+def s3(aws_env):
+    return client("s3", aws_env)
+
+
+@pytest.fixture
+def sqs(aws_env):
+    return client("sqs", aws_env)
+
+
+def put_all(s3, bucket, keys, workers=8):
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b"id\n1\n"), keys))
+
+
+def test_one_listener_two_workers_every_upload_gives_exactly_one_result_document(tmp_path, localstack_url, aws_env, s3):
+    bucket, results = name("scale"), name("results")
+    s3.create_bucket(Bucket=results)
+    queues = wire_sqs(localstack_url, name("records"), visibility_timeout=VISIBILITY)
+    listener = start(
+        tmp_path / "listener", "listener", queues.queue_url, aws_env, "--trusted-host", trusted(localstack_url)
+    )
+    workers = [
+        worker(tmp_path / f"w{n}", queues.queue_url, aws_env, results, "--job", "snsd_test_jobs:echo", "--workers", "4")
+        for n in range(2)
+    ]
+    try:
+        wire(localstack_url, listener.url + "/", bucket=bucket, topic=f"{bucket}-topic", wait_confirmed_seconds=30)
+        keys = [f"in/{n:04d}.csv" for n in range(UPLOADS)]
+        put_all(s3, bucket, keys)
+        wanted = {f"results/{bucket}/{k}.dq.json" for k in keys}
+        wait_until(lambda: result_keys(s3, results) == wanted, 180, f"{UPLOADS} results", listener, *workers)
+        assert len(result_keys(s3, results)) == UPLOADS
+        forwarded = metric(listener, "snsd_forwarded_total")
+        assert forwarded == UPLOADS
+        done = [metric(w, "snsd_sqs_deleted_total", why="done") for w in workers]
+        assert sum(done) >= UPLOADS and all(n > 0 for n in done), done  # both workers took a share
+    finally:
+        for d in (listener, *workers):
+            assert d.stop() == 0, d.output()[-3000:]
+
+
+def test_a_killed_workers_messages_come_back_and_the_other_worker_finishes_them(tmp_path, localstack_url, aws_env, sqs):
+    queues = wire_sqs(localstack_url, name("kill"), visibility_timeout=VISIBILITY)
+    keys = [f"k{n}.csv" for n in range(6)]
+    for key in keys:  # what a listener would have forwarded (and acknowledged to SNS)
+        sqs.send_message(QueueUrl=queues.queue_url, MessageBody=encode_record(S3ObjectRecord("b", key)))
+    slow = {"SNSD_TEST_JOB_SECONDS": "30"}
+    first = start(
+        tmp_path / "first",
+        "worker",
+        queues.queue_url,
+        aws_env,
+        "--job",
+        "snsd_test_jobs:slow",
+        "--workers",
+        "3",
+        "--visibility-timeout",
+        str(VISIBILITY),
+        env=slow,
+    )
+    wait_until(lambda: metric(first, "snsd_jobs_running") == 3, 60, "three jobs running", first)
+    time.sleep(VISIBILITY)  # the heartbeat has extended their visibility at least once
+    assert metric(first, "snsd_sqs_visibility_extensions_total") >= 3
+    first.process.send_signal(signal.SIGKILL)
+    first.wait()
+    second = start(
+        tmp_path / "second",
+        "worker",
+        queues.queue_url,
+        aws_env,
+        "--job",
+        "snsd_test_jobs:echo",
+        "--visibility-timeout",
+        str(VISIBILITY),
+    )
+    try:
+        wait_until(lambda: {line["key"] for line in second.result_lines()} == set(keys), 90, "all six results", second)
+        wait_until(lambda: queue_depth(sqs, queues.queue_url) == 0, 30, "an empty queue", second)
+        assert metric(second, "snsd_sqs_redelivered_total") >= 3  # the killed worker's three came back
+    finally:
+        assert second.stop() == 0
+
+
+def test_an_sqs_outage_is_answered_200_and_everything_is_forwarded_once_it_is_back(
+    tmp_path, localstack_url, aws_env, s3
+):
+    bucket = name("outage")
+    queues = wire_sqs(localstack_url, name("outage"), visibility_timeout=VISIBILITY)
+    proxy = CuttableProxy(urlsplit(localstack_url).port)  # the listener reaches SQS through it only
+    listener = start(
+        tmp_path / "listener",
+        "listener",
+        queues.queue_url,
+        {**aws_env, "AWS_ENDPOINT_URL": proxy.url},
+        "--trusted-host",
+        trusted(localstack_url),
+    )
+    work = start(tmp_path / "worker", "worker", queues.queue_url, aws_env, "--job", "snsd_test_jobs:echo")
+    try:
+        wire(localstack_url, listener.url + "/", bucket=bucket, topic=f"{bucket}-topic", wait_confirmed_seconds=30)
+        before = [f"before/{n}.csv" for n in range(5)]
+        put_all(s3, bucket, before)
+        wait_until(lambda: len(work.result_lines()) == 5, 60, "results before the outage", listener, work)
+        proxy.cut()
+        during = []
+        outage_ends = time.monotonic() + OUTAGE
+        n = 0
+        while time.monotonic() < outage_ends:
+            key = f"during/{n}.csv"
+            s3.put_object(Bucket=bucket, Key=key, Body=b"id\n1\n")
+            during.append(key)
+            n += 1
+            time.sleep(0.5)
+        wait_until(
+            lambda: metric(listener, "snsd_requests_total", status="200", type="Notification") >= 5 + len(during),
+            30,
+            "the listener to answer every notification",
+            listener,
+        )
+        assert metric(listener, "snsd_outbox_pending") > 0  # held locally while SQS is unreachable
+        assert metric(listener, "snsd_forward_failures_total") > 0
+        proxy.restore()
+        wanted = set(before + during)
+        wait_until(
+            lambda: {line["key"] for line in work.result_lines()} == wanted, 90, "every record after", listener, work
+        )
+        answered = metric(listener, "snsd_requests_total")
+        assert answered == metric(listener, "snsd_requests_total", status="200")  # no 5xx at all
+        wait_until(lambda: metric(listener, "snsd_outbox_pending") == 0, 30, "an empty outbox", listener)
+    finally:
+        proxy.close()
+        for d in (listener, work):
+            assert d.stop() == 0, d.output()[-3000:]
+
+
+def test_a_record_that_always_fails_is_dead_lettered_and_replay_brings_it_back(tmp_path, localstack_url, aws_env, sqs):
+    queues = wire_sqs(localstack_url, name("poison"), max_receive_count=2, visibility_timeout=VISIBILITY)
+    sqs.send_message(QueueUrl=queues.queue_url, MessageBody=encode_record(S3ObjectRecord("b", "poison.csv")))
+    failing = start(
+        tmp_path / "failing",
+        "worker",
+        queues.queue_url,
+        aws_env,
+        "--job",
+        "snsd_test_jobs:missing",
+        "--breaker-max-failures",
+        "100",
+    )
+    try:
+        wait_until(lambda: queue_depth(sqs, queues.dead_letter_url) == 1, 90, "a dead letter", failing)
+    finally:
+        assert failing.stop() == 0
+    assert failing.result_lines() == []
+    admin = [sys.executable, "-m", "snsd.admin", "--queue", queues.queue_url, "dead-letters"]
+    listed = subprocess.run([*admin, "list"], env=aws_env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "s3://b/poison.csv" in listed.stdout and "1 dead letter" in listed.stdout
+    replayed = subprocess.run([*admin, "replay"], env=aws_env, capture_output=True, text=True, timeout=60)
+    assert replayed.returncode == 0, replayed.stderr
+    assert re.search(r"replayed 1: 1 sent back", replayed.stdout), replayed.stdout
+    assert queue_depth(sqs, queues.dead_letter_url) == 0
+    fixed = start(tmp_path / "fixed", "worker", queues.queue_url, aws_env, "--job", "snsd_test_jobs:echo")
+    try:
+        (line,) = wait_until(fixed.result_lines, 60, "the replayed record's result", fixed)
+        assert line["key"] == "poison.csv" and line["status"] == "ok"
+    finally:
+        assert fixed.stop() == 0
+
+
+def test_an_sns_to_sqs_subscription_feeds_a_worker(tmp_path, localstack_url, aws_env, s3):
+    bucket = name("viasns")
+    queues = wire_sqs(localstack_url, name("viasns"), feed="sns", bucket=bucket, topic=f"{bucket}-topic")
+    work = start(
+        tmp_path / "worker",
+        "worker",
+        queues.queue_url,
+        aws_env,
+        "--job",
+        "snsd_test_jobs:echo",
+        "--trusted-host",
+        trusted(localstack_url),
+    )
+    try:
+        s3.put_object(Bucket=bucket, Key="via sns/a.csv", Body=b"id\n1\n")
+        (line,) = wait_until(work.result_lines, 60, "the result", work)
+        assert line["key"] == "via sns/a.csv" and line["topic_arn"].endswith(f"{bucket}-topic")
+    finally:
+        assert work.stop() == 0
+
+
+def test_an_s3_to_sqs_notification_feeds_a_worker_and_its_test_event_is_dropped(
+    tmp_path, localstack_url, aws_env, s3, sqs
+):
+    bucket = name("vias3")
+    queues = wire_sqs(localstack_url, name("vias3"), feed="s3", bucket=bucket)
+    sqs.send_message(
+        QueueUrl=queues.queue_url,
+        MessageBody=json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": bucket}),
+    )
+    work = start(tmp_path / "worker", "worker", queues.queue_url, aws_env, "--job", "snsd_test_jobs:echo")
+    try:
+        s3.put_object(Bucket=bucket, Key="via s3/a.csv", Body=b"id\n1\n")
+        (line,) = wait_until(work.result_lines, 60, "the result", work)
+        assert line["key"] == "via s3/a.csv" and line["topic_arn"] is None
+        wait_until(
+            lambda: metric(work, "snsd_sqs_discarded_total", reason="s3_test_event") >= 1, 30, "the test event", work
+        )
+        assert "s3:TestEvent" in work.output()
+    finally:
+        assert work.stop() == 0
