@@ -63,8 +63,9 @@ class Kind(enum.Enum):
     STARTING = "starting"
 
 
-# Outcomes SNS will send again: the MessageId must not read as a duplicate then.
-RETRIED = frozenset({Kind.REJECTED, Kind.BACKPRESSURE, Kind.RUNNING, Kind.FAILED, Kind.REFUSED})
+# Outcomes SNS will send again: the MessageId must not read as a duplicate then.  A tuple, not a
+# set: membership by identity, where a set would call Enum.__hash__ (Python code) per message.
+RETRIED = (Kind.REJECTED, Kind.BACKPRESSURE, Kind.RUNNING, Kind.FAILED, Kind.REFUSED)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@
       ├── dispatcher        Dispatcher: spool -> breaker -> pool -> sink -> spool
       ├── signature-checks  SignatureChecks: RSA checks in a thread, a reactor turn at a time
       ├── pruning           TimerService: forgets accepted MessageIds older than --dedup-ttl
+      ├── deadlines         TimerService: 408 to connections whose request is late (site.Connections)
       ├── http              Listener(Site(SNSEndpoint + /healthz, /readyz))
       └── admin-http        Listener(Site(OpsRoutes)) on --admin-port (none with --admin-on-main-port)
 
@@ -83,6 +84,7 @@ class SNSDaemon(MultiService):
         sink,
         job,
         dedup,
+        connections: tuple[Connections, ...] = (),
         freeze_gc: bool = True,
         extras: tuple[Service, ...] = (),
     ):
@@ -109,11 +111,14 @@ class SNSDaemon(MultiService):
         self.pruning = TimerService(PRUNE_INTERVAL, self._prune)
         self.pruning.clock = clock
         self.pruning.setName("pruning")
+        self.deadlines = TimerService(Connections.SWEEP_INTERVAL, _sweep_all, connections)
+        self.deadlines.clock = clock
+        self.deadlines.setName("deadlines")
         children = (breaker, pool, self.job_service, self.sink_service, *extras, dispatcher)
         children = ((self.spool_service,) if spool is not None else ()) + children
         children += (checks,) if checks is not None else ()
         children += (self.pruning,) if spool is not None else ()
-        children += (http,)
+        children += (self.deadlines, http)
         children += (admin_http,) if admin_http is not None else ()
         for service in children:
             service.setServiceParent(self)
@@ -234,6 +239,7 @@ class SNSDaemon(MultiService):
         for what, stop in (
             ("closing the HTTP port", self.http.stopService),
             ("closing the admin port", self.admin_http.stopService if self.admin_http is not None else None),
+            ("stopping the request deadlines", self.deadlines.stopService),
             ("stopping the signature checks", self.checks.stopService if self.checks is not None else None),
             ("closing the spool", self.spool_service.stopService if self.spool_service is not None else None),
             ("stopping the worker pool", stop_pool),
@@ -273,6 +279,15 @@ class SNSDaemon(MultiService):
             log.warn("no --topic-arn given: messages from every topic are accepted")
         if s.spool == ":memory:" and self.spool is not None:
             log.warn("--spool :memory: keeps accepted records in memory only; a crash loses them")
+
+
+def _sweep_all(connections: tuple[Connections, ...]) -> None:
+    for each in connections:
+        try:
+            each.sweep()
+        except Exception:
+            # A TimerService whose call raises stops for good: log, and sweep again next time.
+            log.failure("sweeping late requests failed")
 
 
 def job_for(settings: Settings):
@@ -446,6 +461,7 @@ def build_daemon(
         breaker=breaker,
         http=http,
         admin_http=admin_http,
+        connections=(connections,) if admin_http is None else (connections, admin_connections),
         checks=checks,
         sink=sink,
         job=job,

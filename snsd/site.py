@@ -65,8 +65,9 @@ class Connections:
     Twisted's idle timeout restarts on every byte, so a client sending a byte a second keeps its
     connection, and a file descriptor, for as long as it likes.  Here a request must arrive whole
     (headers and body) within ``deadline`` seconds of its first byte (of the connection's opening,
-    for the first request), or the client gets 408 and the connection is closed.  A sweep every
-    ``SWEEP_INTERVAL`` seconds finds the late ones, so a request costs no timer of its own.
+    for the first request), or the client gets 408 and the connection is closed.  :meth:`sweep`,
+    called every ``SWEEP_INTERVAL`` seconds by the daemon's ``deadlines`` TimerService, finds the
+    late ones, so a request costs no timer of its own.
 
     At ``max_total`` open connections a new one takes the place of the connection that has been
     receiving its request the longest (else of the longest-idle keep-alive connection; never of one
@@ -89,7 +90,6 @@ class Connections:
         self.receiving: dict[SNSChannel, float] = {}
         # Keep-alive connections between requests, the longest-idle first.
         self.idle: dict[SNSChannel, None] = {}
-        self._sweeping = None
 
     # -- the Site's hooks ----------------------------------------------------------------------
 
@@ -107,18 +107,6 @@ class Connections:
             next(iter(waiting)).drop()
         return True
 
-    def start(self) -> None:
-        from twisted.internet.task import LoopingCall
-
-        self._sweeping = LoopingCall(self.sweep)
-        self._sweeping.clock = self.clock
-        self._sweeping.start(self.SWEEP_INTERVAL, now=False)
-
-    def stop(self) -> None:
-        if self._sweeping is not None and self._sweeping.running:
-            self._sweeping.stop()
-        self._sweeping = None
-
     def sweep(self) -> None:
         """Answer 408 to every connection whose request has not arrived within the deadline."""
         late_since = self.clock.seconds() - self.deadline
@@ -133,16 +121,6 @@ class Connections:
         self.open += 1
         self._per_peer[channel.peer] = self._per_peer.get(channel.peer, 0) + 1
         self.receiving[channel] = self.clock.seconds()
-
-    def request_began(self, channel: SNSChannel) -> None:
-        del self.idle[channel]
-        self.receiving[channel] = self.clock.seconds()
-
-    def request_received(self, channel: SNSChannel) -> None:
-        self.receiving.pop(channel, None)
-
-    def answered(self, channel: SNSChannel) -> None:
-        self.idle[channel] = None
 
     def closed(self, channel: SNSChannel) -> None:
         self.receiving.pop(channel, None)
@@ -188,24 +166,29 @@ class SNSChannel(HTTPChannel):
             self._state = _RECEIVING
             self.connections.opened(self)
 
+    # The three hooks below run once per request: plain calls and dict operations inline (the
+    # request path is what bench/ab.py measures).
+
     def dataReceived(self, data):
         if self._state == _IDLE:  # the first byte of the next request: its deadline starts
             self._state = _RECEIVING
-            self.connections.request_began(self)
-        super().dataReceived(data)
+            connections = self.connections
+            del connections.idle[self]
+            connections.receiving[self] = connections.clock.seconds()
+        HTTPChannel.dataReceived(self, data)
 
     def allContentReceived(self):
         if self._state == _RECEIVING:
             self._state = _ANSWERING
-            self.connections.request_received(self)
-        super().allContentReceived()
+            self.connections.receiving.pop(self, None)
+        HTTPChannel.allContentReceived(self)
 
     def requestDone(self, request):
         # Before Twisted's own: it may go on at once to a pipelined request already buffered.
         if self._state == _ANSWERING:
             self._state = _IDLE
-            self.connections.answered(self)
-        super().requestDone(request)
+            self.connections.idle[self] = None
+        HTTPChannel.requestDone(self, request)
 
     def connectionLost(self, reason):
         if self._state != _CLOSED:
@@ -260,16 +243,6 @@ class QuietSite(Site):
         channel.connections = self.connections
         channel.peer = peer
         return channel
-
-    def startFactory(self):
-        super().startFactory()
-        if self.connections is not None:
-            self.connections.start()
-
-    def stopFactory(self):
-        if self.connections is not None:
-            self.connections.stop()
-        super().stopFactory()
 
 
 def make_site(resource, max_body: int = DEFAULT_MAX_BODY, connections: Connections | None = None, clock=None) -> Site:

@@ -77,14 +77,15 @@ class DeadLetter:
     attempts: int
 
 
-def connect(path: str, autocheckpoint: bool = True, dedup_ttl: float = 3600.0) -> sqlite3.Connection:
+def connect(path: str, *, autocheckpoint: bool, dedup_ttl: float) -> sqlite3.Connection:
     """Open the spool at ``path``, upgraded to this code's layout.
 
     Raises :class:`SpoolVersionError`, having written nothing, for a file of a newer release.
     ``dedup_ttl`` dates the remembered ids of a file from before ``remember_until`` existed."""
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    # Used on the reactor thread only (the checkpoint thread has a connection of its own).
+    # timeout: how long a commit waits for a lock another process (snsd-admin) holds.
+    conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
     try:
-        conn.execute("PRAGMA busy_timeout=5000")
         # Before anything writes, even the journal mode in the file's header.
         schema.refuse_newer(conn)
         if path != ":memory:":
@@ -138,6 +139,7 @@ class SQLiteSpool:
         self._checkpointing = False
         self._paused = False  # commits wait while the WAL is reset
         self.wal_resets = 0  # for tests and benchmarks
+        self.vacuums = 0  # for tests: slices of free pages given back
         self.last_checkpoint: Deferred | None = None  # for tests: fires with (busy, wal frames, copied)
         self.commits = 0  # for tests and benchmarks: how many transactions ran
         self._dedup_ttl = 3600.0  # set by open()
@@ -171,11 +173,8 @@ class SQLiteSpool:
         """Commit what is queued and close the database."""
         if self._conn is None:
             return succeed(None)
-        while self._queued:  # a flush takes at most MAX_BATCH operations
+        while self._queued:  # a flush takes at most MAX_BATCH operations; it cancels a scheduled one
             self._flush(force=True)
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
         self._conn.close()
         self._conn = None
         return succeed(None)
@@ -337,7 +336,9 @@ class SQLiteSpool:
         """Give up to ``VACUUM_SLICE`` free pages back to the file system, keeping
         ``FREE_PAGES_KEPT`` for the inserts to come; returns how many it gave back."""
         conn = self._conn
-        if conn is None or self._paused or conn.in_transaction:  # closed, or not between commits now
+        # Closed meanwhile; or a WAL reset holds the write lock, and the vacuum would wait for it
+        # on the reactor.  (Between group commits, as prune calls it, no transaction is open.)
+        if conn is None or self._paused:
             return 0
         (free,) = conn.execute("PRAGMA freelist_count").fetchone()
         pages = min(free - FREE_PAGES_KEPT, VACUUM_SLICE)
@@ -346,6 +347,7 @@ class SQLiteSpool:
         # Its own transaction, between group commits.  Not execute(): it steps a statement once,
         # and each step of this pragma frees one page; executescript steps it to the end.
         conn.executescript(f"PRAGMA incremental_vacuum({pages})")
+        self.vacuums += 1
         return pages
 
     def _next_turn(self) -> Deferred:
@@ -367,7 +369,7 @@ class SQLiteSpool:
 
     def _submit(self, operation, lazy: bool = False) -> Deferred:
         if self._conn is None:
-            return fail(RuntimeError("the spool is closed"))
+            return fail(RuntimeError("the spool is not open (or closed already)"))
         if self._inline:
             self._queued.append((operation, Deferred()))
             return self._flush()[0]

@@ -140,17 +140,14 @@ def upgrade(conn: sqlite3.Connection, dedup_ttl: float) -> int:
         # A new file: set before the first table, this needs no VACUUM.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     for version in range(found, VERSION):
+        # A step that fails leaves its transaction open: the caller closes the connection, and
+        # with it SQLite rolls the step back.
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Read again inside the transaction: another process may have upgraded meanwhile.
-            if version_of(conn) == version:
-                UPGRADES[version](conn, dedup_ttl)
-                conn.execute(f"PRAGMA user_version = {version + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        # Read again inside the transaction: another process may have upgraded meanwhile.
+        if version_of(conn) == version:
+            UPGRADES[version](conn, dedup_ttl)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        conn.execute("COMMIT")
     refuse_newer(conn)  # a newer snsd may have written the file since the first look
     if conn.execute("PRAGMA auto_vacuum").fetchone() != (INCREMENTAL,):
         # Part of the upgrade to version 2 for files made before it.  Outside the step's

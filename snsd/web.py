@@ -70,9 +70,9 @@ class SNSEndpoint:
         message_type = "unknown"
         try:
             self._check_auth(request)
-            refusal = self.admission.refusal()
-            if refusal is not None:
-                _answer(refusal, None)  # raises Refused
+            closed = self.admission.refusal()  # starting or draining: before the body is even read
+            if closed is not None:
+                raise _refused(closed)
             body = self._read_body(request)
             if (request.getHeader("x-amz-sns-rawdelivery") or "").lower() == "true":
                 envelope = self._raw_delivery(request, body)
@@ -190,16 +190,24 @@ def peer_of(request) -> str:
     return getattr(peer, "host", str(peer))
 
 
-def _answer(outcome: Outcome, envelope: SNSEnvelope | None) -> tuple[int, dict, dict]:
-    """An outcome as (status, JSON body, headers), with its log line; raises :class:`Refused`
-    for the refusals, which :meth:`SNSEndpoint.receive` logs with the request's peer."""
+def _refused(outcome: Outcome) -> Refused | None:
+    """The refusals, answered and logged (with the request's peer) by :meth:`SNSEndpoint.receive`."""
     kind = outcome.kind
     if kind is Kind.DRAINING:
-        raise Refused(503, "shutting down", {"Retry-After": "5"})
+        return Refused(503, "shutting down", {"Retry-After": "5"})
     if kind is Kind.STARTING:
-        raise Refused(503, "starting: the spool is not open yet", {"Retry-After": "5"})
+        return Refused(503, "starting: the spool is not open yet", {"Retry-After": "5"})
     if kind is Kind.REFUSED:
-        raise Refused(outcome.status, outcome.reason)
+        return Refused(outcome.status, outcome.reason)
+    return None
+
+
+def _answer(outcome: Outcome, envelope: SNSEnvelope) -> tuple[int, dict, dict]:
+    """An outcome as (status, JSON body, headers), with its log line and metric."""
+    refused = _refused(outcome)
+    if refused is not None:
+        raise refused
+    kind = outcome.kind
     message_id, topic = envelope.message_id, envelope.topic_arn
     if kind in _TOOK_RECORDS:
         log.debug(
@@ -264,4 +272,5 @@ def _with_ignored(body: dict, outcome: Outcome) -> dict:
 
 
 # Outcomes whose records were spooled: each is logged as accepted (debug) before its answer.
-_TOOK_RECORDS = frozenset({Kind.ACCEPTED, Kind.SPOOLED, Kind.DONE, Kind.RUNNING, Kind.FAILED})
+# A tuple, not a set: membership by identity (a set calls Enum.__hash__, Python code, per message).
+_TOOK_RECORDS = (Kind.ACCEPTED, Kind.SPOOLED, Kind.DONE, Kind.RUNNING, Kind.FAILED)

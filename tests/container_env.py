@@ -106,18 +106,34 @@ def docker_engine(timeout: float = 60.0):
         deadline = time.monotonic() + timeout
         while not _engine_answers():
             if process.poll() is not None:
+                if _engine_answers():
+                    break  # another test run started one at the same moment: use that one
                 raise DockerUnavailable(f"dockerd exited {process.returncode}: {_tail(log_path)} (log: {log_path})")
             if time.monotonic() > deadline:
                 raise DockerUnavailable(f"dockerd did not answer within {timeout:g}s (log: {log_path})")
             time.sleep(0.5)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop_unless_in_use(process)
+
+
+def _stop_unless_in_use(process: subprocess.Popen) -> None:
+    """Stop the dockerd we started, unless containers we did not start run on it (every test
+    removes its own): on a shared machine another test run may have come to use it meanwhile."""
+    if process.poll() is not None:
+        return
+    try:
+        running = docker("ps", "--quiet", timeout=20, check=False).stdout.split()
+    except subprocess.TimeoutExpired:
+        running = []
+    if running:
+        return
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _pip_settings() -> dict[str, str]:

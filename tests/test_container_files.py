@@ -1,9 +1,11 @@
 """The Dockerfile and docker-compose.yml, checked without a Docker engine.
 
-Docker cannot run on the development machines, so these tests read the files the way Docker
-would (instructions, exec-form JSON, compose YAML) and check what the loop depends on: the
-entrypoint and user, the health check, that the compose services point at each other
-consistently, and that the daemon's own option parser accepts the commands they give it.
+These tests read the files the way Docker would (instructions, exec-form JSON, compose YAML) and
+check what the loop depends on: the entrypoint and user, the health check, that the compose
+services point at each other consistently, and that the daemon's own option parser accepts the
+commands they give it.  They run in a second, without Docker; tests/test_container_run.py builds
+the image and runs it for real, and docker compose itself is not run here (no image registry for
+the LocalStack image).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
-from snsd.tools.localstack import free_port
-from snsd.tools.wire import wire
+from snsd.tools.wire import wire, wire_sqs
+from snsd_devtools.localstack import free_port
 from tests.container_env import FIGURES, docker
 
 # The tests are grouped in classes that carry their marks (not a module ``pytestmark``, not
@@ -176,6 +176,18 @@ def get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def post(url: str, body: bytes) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "text/plain"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 # The daemon's line when SIGTERM starts the drain.
 DRAINING = re.compile(r"draining: waiting up to [\d.]+s for (\d+) running jobs; (\d+) pending stay spooled")
 
@@ -301,3 +313,49 @@ class TestAgainstLocalStack:
         assert {line["status"] for line in lines} == {"ok"}
         assert f"ready: {pending} records pending" in second.logs()
         assert second.stop(grace=30)[0] == 0
+
+
+@pytest.mark.container
+@pytest.mark.localstack
+@pytest.mark.timeout(1800)
+class TestSQSMode:
+    """deploy/kubernetes/sqs/'s shape in containers: a listener and a worker, each its own container."""
+
+    def test_an_upload_goes_through_a_listener_container_and_the_queue_to_a_worker_container(
+        self, snsd_image, containers, tmp_path, localstack_url, aws_env
+    ):
+        name = f"container-sqs-{uuid.uuid4().hex[:8]}"
+        queue_url = wire_sqs(localstack_url, name, feed="listener").queue_url
+        common = {**aws_env, "SNSD_QUEUE_URL": queue_url}
+        listener = containers(
+            snsd_image.tag,
+            data_volume(tmp_path / "listener"),
+            "--trusted-host",
+            trusted(localstack_url),
+            env={**common, "SNSD_ROLE": "listener"},
+        )
+        # A worker keeps no spool: its volume holds only the dry-run results.
+        worker = containers(
+            snsd_image.tag, data_volume(tmp_path / "worker"), "--dry-run", env={**common, "SNSD_ROLE": "worker"}
+        )
+        listener.wait_healthy()
+        worker.wait_healthy()
+        wire(localstack_url, listener.url + "/", bucket=name, topic=f"{name}-topic", wait_confirmed_seconds=30)
+        keys = {f"queued/{i} été.csv" for i in range(3)}
+        s3 = s3_client(aws_env)
+        for key in sorted(keys):
+            s3.put_object(Bucket=name, Key=key, Body=b"id\n1\n2\n")
+
+        def finished():
+            lines = worker.result_lines()
+            return lines if {line["key"] for line in lines} == keys else None
+
+        lines = worker.wait_for(finished, timeout=90, what="the worker's results")
+        assert sorted(line["key"] for line in lines) == sorted(keys)
+        assert {(line["status"], line["result"]["rows"]) for line in lines} == {("ok", 2)}
+        assert not listener.result_lines(), "the listener runs no jobs"
+        # An SNS POST to the worker is refused: it takes its work from the queue.
+        assert post(worker.url + "/", b"{}")[0] == 404
+        for container in (listener, worker):
+            exit_code, _ = container.stop(grace=60)
+            assert exit_code == 0, container.logs()[-4000:]

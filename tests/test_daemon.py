@@ -101,6 +101,7 @@ def test_services_start_in_order_with_the_spool_first(tmp_path):
         "dispatcher",
         "signature-checks",
         "pruning",
+        "deadlines",
         "http",
         "admin-http",
     ]
@@ -123,6 +124,7 @@ async def test_stopping_stops_each_child_once_in_the_drain_order(tmp_path, logge
         "pruning",
         "http",
         "admin-http",
+        "deadlines",
         "signature-checks",
         "spool",
         "pool",

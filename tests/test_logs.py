@@ -274,7 +274,8 @@ def test_every_interval_the_throttle_reports_what_it_cut_and_once_more_after_the
 @pytest.mark.process
 def test_twistd_logfile_gets_snsds_json_lines(tmp_path):
     path = tmp_path / "snsd.log"
-    args = ["--port", "tcp:0:interface=127.0.0.1", "--dry-run", "--spool", ":memory:", "--log-format", "json"]
+    args = ["--port", "tcp:0:interface=127.0.0.1", "--admin-port", "tcp:0:interface=127.0.0.1"]
+    args += ["--dry-run", "--spool", ":memory:", "--log-format", "json"]
     process = subprocess.Popen(
         [TWISTD, "-n", "--pidfile=", "--logfile", str(path), "snsd", *args],
         cwd=tmp_path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.application.internet import TimerService
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -107,6 +108,10 @@ class Limited:
         resource = resource if resource is not None else Snsd(tmp_path).daemon.http.factory.resource
         self.site = make_site(resource, connections=self.connections, clock=self.clock)
         self.site.doStart()
+        # As the daemon's "deadlines" TimerService does.
+        self.sweeping = TimerService(Connections.SWEEP_INTERVAL, self.connections.sweep)
+        self.sweeping.clock = self.clock
+        self.sweeping.startService()
 
     def connect(self, host="127.0.0.1", port=40000):
         channel = self.site.buildProtocol(IPv4Address("TCP", host, port))
@@ -119,6 +124,7 @@ class Limited:
     def close(self, *channels):
         for channel in channels:
             channel.connectionLost(None)
+        self.sweeping.stopService()
         self.site.doStop()
 
 

@@ -4,6 +4,7 @@ What every spool does (add, claim, complete, dead letters, recovery, dedup) is i
 ``test_spool_protocol.py``, run against this implementation among others."""
 
 import json
+import os
 import sqlite3
 
 import pytest
@@ -156,11 +157,131 @@ def test_a_lazy_completion_waits_for_company_or_its_timer(path):
     spool.close()
 
 
+def clocked(path):
+    """A spool whose group commits run when the test advances its clock."""
+    clock = Clock()
+    spool = SQLiteSpool(clock, path, clock=clock)
+    opening = spool.open()
+    clock.advance(0)
+    fired(opening)
+    return spool, clock
+
+
+def test_a_completion_not_asked_to_wait_commits_in_the_next_turn(path):
+    spool, clock = clocked(path)
+    adding = spool.add(envelope(), records("a"))
+    clock.advance(0)
+    (record_id,) = fired(adding)
+    completing = spool.complete(record_id)
+    clock.advance(0)
+    assert completing.called
+    spool.close()
+
+
+def test_closing_leaves_no_commit_scheduled_and_the_spool_opens_again(path):
+    spool, clock = clocked(path)
+    adding = spool.add(envelope(), records("a"))
+    clock.advance(0)
+    (record_id,) = fired(adding)
+    completing = spool.complete(record_id, lazy=True)  # scheduled LAZY_DELAY ahead
+    fired(spool.close())
+    assert completing.called and clock.getDelayedCalls() == []
+    reopening = spool.open()
+    clock.advance(0)
+    assert fired(reopening).pending == 0
+    again = spool.add(envelope("m-2"), records("b", message_id="m-2"))
+    clock.advance(0)
+    assert len(fired(again)) == 1
+    spool.close()
+
+
+def test_closing_commits_what_waits_for_a_wal_reset(path):
+    spool, clock = clocked(path)
+    spool._paused = True  # a WAL reset is running in the checkpoint thread
+    adding = spool.add(envelope(), records("a"))
+    clock.advance(0)
+    assert not adding.called  # waiting for the reset
+    fired(spool.close())  # shutting down: commits it anyway
+    assert len(fired(adding)) == 1
+    assert rows(path, "SELECT COUNT(*) FROM records") == [(1,)]
+
+
+def burst_of_envelopes(spool, clock, n=1000):
+    """n finished messages whose envelopes left free pages behind."""
+    adding = [spool.add(envelope(f"m-{i}", BIG_MESSAGE), records("k", message_id=f"m-{i}")) for i in range(n)]
+    for _ in range(n // 256):
+        clock.advance(0)
+    ids = [record_id for added in adding for record_id in fired(added)]
+    completing = spool.complete(*ids)
+    clock.advance(0)
+    fired(completing)
+
+
+def test_a_prune_gives_pages_back_a_slice_per_reactor_turn(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.FREE_PAGES_KEPT", 0)
+    monkeypatch.setattr("snsd.spool.VACUUM_SLICE", 100)
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 10**9)  # a Clock has no thread pool
+    spool, clock = clocked(path)
+    burst_of_envelopes(spool, clock)
+    ((free,),) = spool._conn.execute("PRAGMA freelist_count").fetchall()
+    turns = []  # the turns the prune waits for, handed out one at a time below
+    monkeypatch.setattr(spool, "_next_turn", lambda: turns.append(defer.Deferred()) or turns[-1])
+    pruning = spool.prune()
+    clock.advance(0)  # the forgetting commits; the first slice is given back
+    for slices in range(1, free // 100 + 1):
+        assert spool.vacuums == slices and not pruning.called
+        turns[-1].callback(None)
+    assert fired(pruning) == 0 and spool.vacuums == free // 100 + 1
+    assert spool._conn.execute("PRAGMA freelist_count").fetchall() == [(0,)]
+    spool.close()
+
+
+def test_the_turn_a_prune_waits_for_is_the_reactors_next(path):
+    spool, clock = clocked(path)
+    turn = spool._next_turn()
+    assert not turn.called
+    clock.advance(0)
+    assert turn.called
+    spool.close()
+
+
+@pytest.mark.parametrize("meanwhile", ["a WAL reset starts", "the spool closes"])
+def test_a_prune_stops_giving_pages_back_when(path, monkeypatch, meanwhile):
+    monkeypatch.setattr("snsd.spool.FREE_PAGES_KEPT", 0)
+    monkeypatch.setattr("snsd.spool.VACUUM_SLICE", 100)
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 10**9)  # a Clock has no thread pool
+    spool, clock = clocked(path)
+    burst_of_envelopes(spool, clock)
+    turns = []
+    monkeypatch.setattr(spool, "_next_turn", lambda: turns.append(defer.Deferred()) or turns[-1])
+    pruning = spool.prune()
+    clock.advance(0)  # one slice given back; the next waits for a turn
+    assert spool.vacuums == 1 and not pruning.called
+    if meanwhile == "a WAL reset starts":
+        spool._paused = True  # the reset holds the write lock: a vacuum now would wait for it on the reactor
+        turns[-1].callback(None)
+        spool._paused = False
+    else:
+        spool.close()
+        turns[-1].callback(None)
+    assert fired(pruning) == 0 and spool.vacuums == 1
+    spool.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_database_is_in_wal_mode(path):
     spool, _ = await opened(path)
     await spool.close()
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemons_connection_waits_for_locks_and_commits_without_fsync(path):
+    spool, _ = await opened(path)
+    settings = {name: spool._conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("busy_timeout", "synchronous")}
+    # snsd-admin's short transactions make it wait, not fail; NORMAL: no fsync per commit (WAL).
+    assert settings == {"busy_timeout": 5000, "synchronous": 1}
+    await spool.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -297,3 +418,37 @@ async def test_a_wal_grown_past_its_limit_is_reset_while_commits_wait_without_bl
     assert len(await seen["add"]) == 1  # committed once the reset was over
     await spool.close()
     assert rows(path, "SELECT COUNT(*) FROM records") == [(26,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wal_under_its_limit_is_left_alone(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 20)
+    spool, _ = await opened(path)
+    await defer.gatherResults([spool.add(envelope(f"m-{i}"), records("k", message_id=f"m-{i}")) for i in range(25)])
+    await spool.last_checkpoint
+    assert spool.wal_resets == 0 and os.path.getsize(path + "-wal") > 0
+    monkeypatch.setattr("snsd.spool.WAL_RESET_BYTES", os.path.getsize(path + "-wal"))  # exactly at the limit
+    await defer.gatherResults([spool.add(envelope(f"n-{i}"), ()) for i in range(25)])
+    await spool.last_checkpoint
+    assert spool.wal_resets == 0
+    await spool.close()
+
+
+def test_an_inline_spool_checkpoints_by_itself_having_no_checkpoint_thread(path):
+    spool = SQLiteSpool(None, path, clock=Clock(), inline=True)
+    fired(spool.open())
+    assert spool._conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)  # SQLite's own default
+    fired(spool.close())
+
+
+def test_a_prune_keeps_the_free_pages_it_is_told_to_keep(path, monkeypatch):
+    monkeypatch.setattr("snsd.spool.CHECKPOINT_EVERY", 10**9)  # a Clock has no thread pool
+    spool, clock = clocked(path)
+    burst_of_envelopes(spool, clock, n=300)
+    ((free,),) = spool._conn.execute("PRAGMA freelist_count").fetchall()
+    monkeypatch.setattr("snsd.spool.FREE_PAGES_KEPT", free)  # exactly as many as there are
+    pruning = spool.prune()
+    clock.advance(0)
+    assert fired(pruning) == 0 and spool.vacuums == 0
+    assert spool._conn.execute("PRAGMA freelist_count").fetchall() == [(free,)]
+    spool.close()

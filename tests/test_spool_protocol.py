@@ -257,7 +257,7 @@ async def test_an_id_is_remembered_until_the_time_its_caller_gives(spools, clock
 async def test_a_forgotten_id_gets_in_again(spools):
     spool, _ = await spools()
     await spool.add(envelope("m-1"), records("a"))
-    await spool.forget("m-1")  # its delivery was answered 5xx after all: SNS's retry must get in
+    assert await spool.forget("m-1") is None  # its delivery was answered 5xx after all: SNS's retry must get in
     assert len(await spool.add(envelope("m-1"), records("a"))) == 1
     assert await spool.add(envelope("m-1"), records("a")) is None
 
@@ -301,6 +301,12 @@ async def test_an_id_whose_time_is_over_is_forgotten_at_the_next_open(backend, s
     assert [message_id for message_id, _ in recovery.recent_message_ids] == ["young"]
     assert recovery.pending == 1
     assert await restarted.prune() == 0  # forgotten already, at the open
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spool_not_opened_yet_refuses_work(backend, clock):
+    with pytest.raises(RuntimeError):
+        await backend.new(clock).add(envelope(), records("a"))
 
 
 @pytest_twisted.ensureDeferred

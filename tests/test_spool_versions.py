@@ -145,6 +145,21 @@ def test_an_upgrade_that_fails_part_way_leaves_the_file_at_the_last_version_it_r
     fired(spool.close())
 
 
+def test_an_upgrade_is_logged_once_and_a_new_file_is_not_an_upgrade(v0_copy, tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for path in (v0_copy, v0_copy, str(tmp_path / "new.sqlite3")):
+            spool, _ = opened(path)
+            fired(spool.close())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    upgrades = [e for e in events if e.get("log_format", "").startswith("upgraded the spool")]
+    assert [(e["path"], e["found"], e["version"]) for e in upgrades] == [(v0_copy, 0, spool_schema.VERSION)]
+
+
 def test_an_upgraded_spool_opens_again_as_it_is(v0_copy):
     spool, first = opened(v0_copy)
     fired(spool.close())
@@ -167,6 +182,8 @@ def newer_spool(tmp_path) -> str:
     fired(spool.add(envelope("m-1"), records("m-1", "a.csv")))
     fired(spool.close())
     conn = sqlite3.connect(path)
+    # Out of WAL mode, as a later release might leave it: switching it back would rewrite the header.
+    conn.execute("PRAGMA journal_mode = DELETE")
     conn.execute(f"PRAGMA user_version = {spool_schema.VERSION + 1}")
     conn.close()
     return path
@@ -184,6 +201,7 @@ def test_a_spool_of_a_newer_release_is_refused_and_left_unchanged(tmp_path):
     assert f"version {spool_schema.VERSION + 1}" in message
     assert Path(path).read_bytes() == before
     assert os.stat(path).st_mtime_ns == 1_000_000_000
+    assert not os.path.exists(path + "-wal")
 
 
 def test_snsd_admin_refuses_a_newer_spool_too(tmp_path, capsys):
@@ -193,25 +211,4 @@ def test_snsd_admin_refuses_a_newer_spool_too(tmp_path, capsys):
     before = Path(path).read_bytes()
     assert main(["--spool", path, "spool", "stats"]) == EXIT_USAGE
     assert f"cannot use the spool {path}: its layout is version {spool_schema.VERSION + 1}" in capsys.readouterr().err
-    assert Path(path).read_bytes() == before
-
-
-@pytest.mark.process
-def test_the_daemon_refuses_a_newer_spool_with_one_line_and_exit_1(tmp_path):
-    import subprocess
-
-    from tests.process_helpers import TWISTD
-
-    path = newer_spool(tmp_path)
-    before = Path(path).read_bytes()
-    run = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "snsd", "--dry-run", "--no-verify-signatures", "--spool", path,
-         "--job", "snsd.jobs.head:head_object", "--port", "tcp:0:interface=127.0.0.1",
-         "--admin-port", "tcp:0:interface=127.0.0.1"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
-    )  # fmt: skip
-    assert run.returncode == 1
-    (line,) = [line for line in run.stdout.splitlines() if "critical" in line]
-    assert f"cannot open the spool {path}: its layout is version {spool_schema.VERSION + 1}" in line
-    assert "Traceback" not in run.stdout + run.stderr
     assert Path(path).read_bytes() == before
