@@ -276,6 +276,11 @@ def test_a_record_that_always_fails_is_dead_lettered_and_replay_brings_it_back(t
     listed = subprocess.run([*admin, "list"], env=aws_env, capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert "s3://b/poison.csv" in listed.stdout and "1 dead letter" in listed.stdout
+    exported = subprocess.run([*admin, "export"], env=aws_env, capture_output=True, text=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    (letter,) = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert letter["objects"] == ["s3://b/poison.csv"] and letter["receive_count"] >= 2
+    assert json.loads(letter["body"])["record"]["key"] == "poison.csv"
     replayed = subprocess.run([*admin, "replay"], env=aws_env, capture_output=True, text=True, timeout=60)
     assert replayed.returncode == 0, replayed.stderr
     assert re.search(r"replayed 1: 1 sent back", replayed.stdout), replayed.stdout
@@ -329,3 +334,17 @@ def test_an_s3_to_sqs_notification_feeds_a_worker_and_its_test_event_is_dropped(
         assert "s3:TestEvent" in work.output()
     finally:
         assert work.stop() == 0
+
+
+def test_wiring_the_queues_twice_changes_nothing_the_second_time(localstack_url, sqs):
+    queue = name("twice")
+    first = wire_sqs(localstack_url, queue, max_receive_count=3, visibility_timeout=30)
+    again = wire_sqs(localstack_url, queue, max_receive_count=3, visibility_timeout=30)
+    assert (again.queue_url, again.dead_letter_url) == (first.queue_url, first.dead_letter_url)
+    assert any(a.startswith("created queue") for a in first.actions)
+    assert all("unchanged" in a for a in again.actions), again.actions
+    attributes = sqs.get_queue_attributes(QueueUrl=first.queue_url, AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"] == first.dead_letter_arn and int(redrive["maxReceiveCount"]) == 3
+    changed = wire_sqs(localstack_url, queue, max_receive_count=4, visibility_timeout=30)
+    assert any("set RedrivePolicy" in a for a in changed.actions), changed.actions

@@ -12,9 +12,9 @@ the forwarder retries with a backoff doubling from :data:`FIRST_BACKOFF` to :dat
 SNS gives up on an endpoint after about a minute of 5xx, so an SQS outage must never become one.
 
 One claim is in flight at a time, sent as up to ``parallel`` batches of ten side by side: one
-batch per round trip capped the send rate at ten records per SQS latency (about 100 records/s
-against LocalStack on a loaded two-core machine, docs/scaling.md); a single claim at a time
-keeps the cursor simple (records after the first one not confirmed are claimed again).
+batch per round trip capped the send rate at ten records per SQS round trip (measured in
+docs/scaling.md); a single claim at a time keeps the cursor simple (records after the first
+one not confirmed are claimed again).
 """
 
 from __future__ import annotations
