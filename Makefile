@@ -18,10 +18,10 @@ venv:
 	@scripts/venv.sh
 
 run: venv
-	$(PY) -m snsd.tools.run
+	$(PY) -m snsd_devtools.run
 
 localstack: venv
-	$(PY) -m snsd.tools.localstack install
+	$(PY) -m snsd_devtools.localstack install
 
 lint: venv
 	$(VENV)/bin/ruff check .

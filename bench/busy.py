@@ -29,7 +29,7 @@ from _common import (  # noqa: E402
 )
 from dq_bench import BUCKET, RULES, generate, parse_size, upload  # noqa: E402
 
-from snsd.tools.localstack import aws_environment, ensure_localstack  # noqa: E402
+from snsd_devtools.localstack import aws_environment, ensure_localstack  # noqa: E402
 
 BUSY_JOBS = """
 import os, sys, threading

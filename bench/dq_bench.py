@@ -12,7 +12,7 @@ and prints the process's peak RSS.  ``--job-processes N`` runs every job as the 
 in N worker processes (``snsd.dq.processes.ProcessPoolJob``) called from the threads; ``--small N``
 adds a run of N tiny objects from ``--parallel`` threads, whose jobs per second measure the cost of
 handing a job to a worker process and back rather than pyarrow's speed.  If no S3 endpoint answers
-it starts LocalStack via ``snsd.tools.localstack.ensure_localstack``.
+it starts LocalStack via ``snsd_devtools.localstack.ensure_localstack``.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         url = args.endpoint_url.rstrip("/")
         if not reachable(url):
             try:
-                from snsd.tools.localstack import ensure_localstack
+                from snsd_devtools.localstack import ensure_localstack
             except ImportError:
                 print(
                     f"dq_bench: no S3 endpoint answers at {url}; start LocalStack or pass --endpoint-url",

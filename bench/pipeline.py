@@ -22,8 +22,8 @@ from _common import result_lines, start_baseline, start_snsd  # noqa: E402
 from busy import bench_bucket, dq_workdir  # noqa: E402
 from dq_bench import BUCKET, generate, parse_size  # noqa: E402
 
-from snsd.tools.localstack import aws_environment, ensure_localstack  # noqa: E402
 from snsd.tools.wire import wire  # noqa: E402
+from snsd_devtools.localstack import aws_environment, ensure_localstack  # noqa: E402
 
 
 def run(name, listener, s3, url, body, n, deadline_seconds=900):

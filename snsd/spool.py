@@ -83,9 +83,9 @@ def connect(path: str, *, autocheckpoint: bool, dedup_ttl: float) -> sqlite3.Con
     Raises :class:`SpoolVersionError`, having written nothing, for a file of a newer release.
     ``dedup_ttl`` dates the remembered ids of a file from before ``remember_until`` existed."""
     # Used on the reactor thread only (the checkpoint thread has a connection of its own).
-    conn = sqlite3.connect(path, isolation_level=None)
+    # timeout: how long a commit waits for a lock another process (snsd-admin) holds.
+    conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
     try:
-        conn.execute("PRAGMA busy_timeout=5000")
         # Before anything writes, even the journal mode in the file's header.
         schema.refuse_newer(conn)
         if path != ":memory:":
@@ -173,11 +173,8 @@ class SQLiteSpool:
         """Commit what is queued and close the database."""
         if self._conn is None:
             return succeed(None)
-        while self._queued:  # a flush takes at most MAX_BATCH operations
+        while self._queued:  # a flush takes at most MAX_BATCH operations; it cancels a scheduled one
             self._flush(force=True)
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
         self._conn.close()
         self._conn = None
         return succeed(None)

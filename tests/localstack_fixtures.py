@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from snsd.tools.localstack import LocalStackError, aws_environment, ensure_localstack, free_port
+from snsd_devtools.localstack import LocalStackError, aws_environment, ensure_localstack, free_port
 
 _running = contextlib.ExitStack()
 _url: str | None = None

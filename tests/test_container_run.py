@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
-from snsd.tools.localstack import free_port
 from snsd.tools.wire import wire, wire_sqs
+from snsd_devtools.localstack import free_port
 from tests.container_env import FIGURES, docker
 
 # The tests are grouped in classes that carry their marks (not a module ``pytestmark``, not

@@ -135,6 +135,30 @@ def test_a_child_dying_fails_only_the_job_that_killed_it_not_the_others_in_the_p
     assert multiprocessing.active_children() == []
 
 
+def _pid(record: dict) -> dict:
+    return {"verdict": "passed", "pid": os.getpid()}
+
+
+def test_pebble_gives_up_on_a_pool_whose_idle_child_died_and_the_next_job_gets_a_fresh_one():
+    """Pins the upstream behaviour ProcessPoolJob works around: pebble breaks a pool whose child
+    dies while no job runs (its check for children dying at start), where it replaces a child that
+    died beside a running job.  If pebble ever replaces the idle child too, pools_replaced stays 0
+    here and the replacement in ProcessPoolJob.__call__ can go."""
+    job = ProcessPoolJob(None, processes=1)
+    job._target = _pid
+    try:
+        first = job(S3ObjectRecord("b", "k"))["pid"]
+        (child,) = multiprocessing.active_children()
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        second = job(S3ObjectRecord("b", "k"))
+        assert second["verdict"] == "passed" and second["pid"] != first
+        assert job.pools_replaced == 1
+        assert job(S3ObjectRecord("b", "k"))["pid"] == second["pid"]
+    finally:
+        job.close()
+
+
 def _niceness(record: dict) -> dict:
     return {"verdict": "passed", "nice": os.getpriority(os.PRIO_PROCESS, 0)}
 

@@ -3,7 +3,7 @@ S3 upload -> S3 event notification -> SNS topic -> signed HTTP POST -> snsd -> j
 
 One LocalStack and one daemon per session (signature verification on, LocalStack's host trusted);
 the breaker test gets its own daemon so its failures do not disturb the others, and the one-command
-run (`python -m snsd.tools.run`) starts its own on a free port against the same LocalStack.
+run (`python -m snsd_devtools.run`) starts its own on a free port against the same LocalStack.
 """
 
 import json
@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
-from snsd.tools.localstack import free_port, is_healthy
 from snsd.tools.wire import find_subscription, wire
+from snsd_devtools.localstack import free_port, is_healthy
 from tests.process_helpers import Daemon, poll_until
 
 pytestmark = pytest.mark.localstack
@@ -270,7 +270,7 @@ def test_the_one_command_run_wires_confirms_and_stops_on_sigterm(tmp_path, local
     port = free_port()
     results = tmp_path / "results.jsonl"
     log = tmp_path / "run.out"
-    command = [sys.executable, "-m", "snsd.tools.run", "--port", str(port), "--bucket", bucket]
+    command = [sys.executable, "-m", "snsd_devtools.run", "--port", str(port), "--bucket", bucket]
     command += ["--topic", f"{bucket}-topic", "--results", str(results), "--spool", str(tmp_path / "spool.sqlite3")]
     with open(log, "wb") as out:
         run = subprocess.Popen(command, env={**os.environ, **aws_env}, stdout=out, stderr=subprocess.STDOUT)

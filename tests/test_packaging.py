@@ -10,6 +10,7 @@ import site
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,10 @@ def test_wheel_install_lists_the_plugin(tmp_path):
         capture_output=True,
     )
     (wheel,) = (tmp_path / "dist").glob("snsd-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    # What an operator runs is in it; the development helpers (snsd_devtools/) are not.
+    assert {"snsd/tools/wire.py", "snsd/tools/publish.py", "snsd/tools/post.py", "snsd/admin.py"} <= set(names)
+    assert not [name for name in names if name.startswith("snsd_devtools/") or "localstack" in name]
     python = fresh_venv(tmp_path / "venv")
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], check=True, capture_output=True)
     listing, where = plugin_listed(python, tmp_path)

@@ -21,8 +21,8 @@ import boto3
 import pytest
 
 from snsd.records import parse_s3_message
-from snsd.tools import localstack as ls
 from snsd.tools.wire import clients, find_subscription, is_confirmed, topic_policy, wire
+from snsd_devtools import localstack as ls
 from tests import localstack_fixtures
 
 pytestmark = pytest.mark.localstack
@@ -196,7 +196,7 @@ def test_run_sets_the_aws_environment_and_passes_the_exit_code(localstack_url):
     script = "import os, sys; print(os.environ['AWS_ENDPOINT_URL'], os.environ['AWS_ACCESS_KEY_ID']); sys.exit(7)"
     command = ["run", "--url", localstack_url, "--", sys.executable, "-c", script]
     result = subprocess.run(
-        [sys.executable, "-m", "snsd.tools.localstack", *command], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "snsd_devtools.localstack", *command], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 7
     assert result.stdout.split() == [localstack_url, "test"]
@@ -239,7 +239,7 @@ def test_a_taken_port_fails_at_once_with_a_clear_error():
 def test_up_runs_until_sigterm_and_then_stops_localstack():
     port = ls.free_port()
     up = subprocess.Popen(
-        [sys.executable, "-m", "snsd.tools.localstack", "up", "--port", str(port)],
+        [sys.executable, "-m", "snsd_devtools.localstack", "up", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from snsd.tools import localstack as ls
+from snsd_devtools import localstack as ls
 
 NEW_ENOUGH = "#!/bin/sh\necho True\n"
 TOO_OLD = "#!/bin/sh\necho False\n"
@@ -109,7 +109,11 @@ def test_the_cli_exits_2_with_one_line_when_no_python_exists(bin_dir, tmp_path):
         "PYTHONPATH": os.pathsep.join(sys.path),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "snsd.tools.localstack", "install"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "snsd_devtools.localstack", "install"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == ls.EXIT_NO_PYTHON
     assert len(result.stderr.strip().splitlines()) == 1

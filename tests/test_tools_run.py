@@ -1,4 +1,4 @@
-"""`python -m snsd.tools.run` (what `make run` runs) as a real process, against a real LocalStack.
+"""`python -m snsd_devtools.run` (what `make run` runs) as a real process, against a real LocalStack.
 
 The happy path (wire, confirm, stop on SIGTERM) is in ``test_e2e_localstack``; these are the ways a
 run must not leave anything behind or claim a daemon that is not its own: a hangup (the terminal or
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from snsd.tools import localstack as ls
+from snsd_devtools import localstack as ls
 from tests import localstack_fixtures
 from tests.process_helpers import poll_until
 from tests.test_tools_localstack import ConfirmingListener, listening_addresses
@@ -55,12 +55,12 @@ def alive(pid: int, started: str) -> bool:
 
 
 class Run:
-    """``python -m snsd.tools.run`` in a session of its own, as ``setsid make run`` would be."""
+    """``python -m snsd_devtools.run`` in a session of its own, as ``setsid make run`` would be."""
 
     def __init__(self, tmp_path: Path, *args: str, env: dict[str, str]):
         self.stdout_path = tmp_path / "run.out"
         self.stderr_path = tmp_path / "run.err"
-        command = [sys.executable, "-m", "snsd.tools.run", "--results", str(tmp_path / "results.jsonl")]
+        command = [sys.executable, "-m", "snsd_devtools.run", "--results", str(tmp_path / "results.jsonl")]
         command += ["--spool", str(tmp_path / "spool.sqlite3"), *args]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(

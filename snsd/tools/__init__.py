@@ -1,7 +1,9 @@
-"""Developer tools around snsd: LocalStack without Docker, wiring, and SNS publishers.
+"""The scripts an operator runs against their own topic and listener: ``snsd-wire``,
+``snsd-publish`` and ``snsd-post``.
 
 None of this is imported by the daemon; ``build_s3_event`` and ``load_message`` are shared by the
-``publish`` and ``post`` scripts.
+``publish`` and ``post`` scripts.  Development-only helpers (LocalStack on the host, ``make run``'s
+driver) are in ``snsd_devtools/`` beside the package, not in the wheel.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one-command run: LocalStack, snsd (dry run, signatures verified) and the wiring between them.
 
-    python -m snsd.tools.run        (what `make run` does)
+    python -m snsd_devtools.run        (what `make run` does)
 
 1. makes LocalStack reachable (reusing a healthy one at $LOCALSTACK_URL, else starting one on the host);
 2. starts ``twistd -n snsd`` in dry-run mode with LocalStack's host trusted, a file spool, results to
@@ -31,8 +31,8 @@ from collections import deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from snsd.tools.localstack import LocalStackError, NoSuitablePython, aws_environment, ensure_localstack
 from snsd.tools.wire import wire
+from snsd_devtools.localstack import LocalStackError, NoSuitablePython, aws_environment, ensure_localstack
 
 # The signals that end a run, all the same way.  SIGINT is set explicitly because a shell's background
 # job starts with it ignored; SIGHUP is what a closing terminal or SSH session sends, and it would not

@@ -8,9 +8,9 @@ to loopback only, and is stopped again when the caller is done with it.
 This module is deliberately plain blocking code (subprocess + urllib): it runs before any reactor
 exists, from pytest fixtures, bench scripts and the command line.
 
-    python -m snsd.tools.localstack up            # ensure one and keep it running until Ctrl-C
-    python -m snsd.tools.localstack install       # only build the cached venv
-    python -m snsd.tools.localstack run -- CMD... # ensure one, run CMD against it, stop it after
+    python -m snsd_devtools.localstack up            # ensure one and keep it running until Ctrl-C
+    python -m snsd_devtools.localstack install       # only build the cached venv
+    python -m snsd_devtools.localstack run -- CMD... # ensure one, run CMD against it, stop it after
 """
 
 from __future__ import annotations
