@@ -273,6 +273,31 @@ def test_nothing_is_received_while_the_breaker_is_open_and_nothing_is_skipped(tm
     assert q.messages == {} and [line["key"] for line in snsd.results()] == ["a.csv"]
 
 
+def test_while_half_open_one_trial_message_at_a_time_is_received(tmp_path):
+    outcomes = [RuntimeError("down"), None, None, None]
+
+    def flaky(record):
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return {"verdict": "passed"}
+
+    snsd, q, _, pool = make_worker(tmp_path, flaky, max_failures=1)
+    q.put(record_body("first.csv"))
+    pool.finish()  # fails: the breaker opens for its 30 s cooldown
+    assert snsd.breaker.is_open
+    for n in range(3):
+        q.put(record_body(f"{n}.csv"))
+    receives = q.calls.count("receive")
+    snsd.clock.advance(30)  # half open
+    assert len(pool.held) == 1  # one trial
+    snsd.clock.advance(5)
+    assert q.calls.count("receive") - receives <= 2  # no storm of receives while the trial runs
+    pool.finish()  # the trial succeeds: closed again, the rest run
+    assert not snsd.breaker.active
+    assert len(pool.held) == 2
+
+
 def test_drain_stops_receiving_waits_for_running_jobs_and_releases_the_rest_at_once(tmp_path):
     snsd, q, _, pool = make_worker(tmp_path, workers=2)
     for n in range(3):

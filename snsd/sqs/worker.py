@@ -163,6 +163,12 @@ class QueueWorker(Service):
         if self.breaker.is_open:
             return  # the breaker's change calls _poll again
         room = min(BATCH, self.free() - self._requested)
+        if self.breaker.active:
+            # Half open: one trial job at a time.  Messages beyond it would only go back to the
+            # queue and come straight back, a storm of receives for as long as the trial runs.
+            if self.jobs_running or self._receives or self._held:
+                return  # the trial's end (or the breaker's change) calls _poll again
+            room = min(room, 1)
         if room <= 0:
             return  # a job's end calls _poll again
         self._receives += 1
