@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CertServer, notifications, process_cpu, result_lines, run_load, start_snsd, workdir  # noqa: E402
 from dq_bench import BUCKET, RULES, parse_size, upload  # noqa: E402
 
-from snsd.tools.localstack import LocalStackProcess, aws_environment, ensure_venv, free_port  # noqa: E402
 from snsd.tools.wire import wire_sqs  # noqa: E402
+from snsd_devtools.localstack import LocalStackProcess, aws_environment, ensure_venv, free_port  # noqa: E402
 
 ADMIN = re.compile(rb"admin routes on [^:\s]+:(\d+)")
 CONCURRENCY = 8

@@ -458,3 +458,13 @@ def test_a_listener_needs_no_results_bucket():
     options = SNSDOptions(environ={})
     options.parseOptions(["--spool", ":memory:", "--role", "listener", "--queue", "https://q"])
     assert options.settings.results_bucket is None
+
+
+def test_a_worker_needs_no_writable_spool(tmp_path):
+    from snsd.config import SNSDOptions
+
+    options = SNSDOptions(environ={})
+    unwritable = str(tmp_path / "no" / "such" / "spool.sqlite3")
+    options.parseOptions(["--dry-run", "--results", str(tmp_path / "r.jsonl"), "--spool", unwritable,
+                          "--role", "worker", "--queue", "https://q"])  # fmt: skip
+    assert options.settings.spool == unwritable
