@@ -348,3 +348,15 @@ def test_wiring_the_queues_twice_changes_nothing_the_second_time(localstack_url,
     assert redrive["deadLetterTargetArn"] == first.dead_letter_arn and int(redrive["maxReceiveCount"]) == 3
     changed = wire_sqs(localstack_url, queue, max_receive_count=4, visibility_timeout=30)
     assert any("set RedrivePolicy" in a for a in changed.actions), changed.actions
+
+
+def test_snsd_wire_queue_alone_makes_the_queues_and_subscribes_nothing(localstack_url, aws_env, capsys):
+    from snsd.tools.wire import main
+
+    queue, topic = name("cli"), name("cli-topic")
+    assert main(["--endpoint-url", localstack_url, "--queue", queue, "--topic", topic]) == 0
+    out = capsys.readouterr().out
+    assert "queue_url=" in out and f"/{queue}\n" in out and "dead_letter_url=" in out
+    sns = client("sns", aws_env)
+    topics = [t["TopicArn"] for page in sns.get_paginator("list_topics").paginate() for t in page["Topics"]]
+    assert not any(arn.endswith(f":{topic}") for arn in topics)  # no listener wired without --listener-url
