@@ -58,7 +58,8 @@ ADMIN_MAX_CONNECTIONS = 32
 
 # How often accepted MessageIds older than --dedup-ttl are forgotten by the spool.
 PRUNE_INTERVAL = 300.0
-# --role listener/worker: threads for the queue's blocking calls (one long poll, one send or delete).
+# --role listener/worker: threads for the queue's blocking calls: a worker's two long polls, its deletes
+# and heartbeats; a listener's three SendMessageBatch calls in flight.
 SQS_IO_THREADS = 6
 # How often a worker reads its queue's ApproximateNumberOfMessages (one request each).
 QUEUE_DEPTH_INTERVAL = 15.0

@@ -358,3 +358,31 @@ def test_snsd_wire_queue_alone_makes_the_queues_and_subscribes_nothing(localstac
     sns = client("sns", aws_env)
     topics = [t["TopicArn"] for page in sns.get_paginator("list_topics").paginate() for t in page["Topics"]]
     assert not any(arn.endswith(f":{topic}") for arn in topics)  # no listener wired without --listener-url
+
+
+def test_sigterm_makes_a_workers_unfinished_messages_visible_again_at_once(tmp_path, localstack_url, aws_env, sqs):
+    queues = wire_sqs(localstack_url, name("term"), visibility_timeout=120)
+    for n in range(3):
+        sqs.send_message(QueueUrl=queues.queue_url, MessageBody=encode_record(S3ObjectRecord("b", f"t{n}.csv")))
+    work = start(
+        tmp_path / "worker", "worker", queues.queue_url, aws_env, "--job", "snsd_test_jobs:slow", "--workers", "3",
+        "--visibility-timeout", "120", "--drain-timeout", "1", env={"SNSD_TEST_JOB_SECONDS": "60"},
+    )  # fmt: skip
+    wait_until(lambda: metric(work, "snsd_jobs_running") == 3, 60, "three jobs running", work)
+    stopped = time.monotonic()
+    assert work.stop() == 0
+    visible = wait_until(
+        lambda: (
+            int(
+                sqs.get_queue_attributes(QueueUrl=queues.queue_url, AttributeNames=["ApproximateNumberOfMessages"])[
+                    "Attributes"
+                ]["ApproximateNumberOfMessages"]
+            )
+            == 3
+        ),
+        30,
+        "the three messages visible again",
+        work,
+    )
+    assert visible and time.monotonic() - stopped < 60  # not after the 120 s visibility timeout
+    assert "making 3 unfinished messages visible again" in work.output()

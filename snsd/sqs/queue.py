@@ -1,7 +1,7 @@
 """The SQS queue as the forwarder and the worker see it: a few calls that return Deferreds.
 
-boto3 blocks, so each call runs in a thread of a small pool of its own (``--role`` wiring makes
-it: two threads), never on the job pool: a long poll holds its thread for up to 20 s, and jobs
+boto3 blocks, so each call runs in a thread of a small pool of its own (``SQS_IO_THREADS`` in
+snsd/daemon.py), never on the job pool: a long poll holds its thread for up to 20 s, and jobs
 must not wait behind it, nor a send behind a busy job pool.  treq would avoid the threads, but
 SQS requests need SigV4 signing and the endpoint, region and credential resolution that boto3
 already does from the standard AWS environment; the threads cost far less than re-doing that.

@@ -36,7 +36,8 @@ log = Logger()
 
 # ReceiveMessage calls in flight at once: while one waits for its answer (an SQS round trip,
 # tens of ms under load) the other can already bring work for workers that freed up meanwhile.
-# Each holds an io thread for up to its 20 s wait, so this stays below the io threads (four).
+# Each holds an io thread for up to its 20 s wait, so this stays well below the io threads
+# (snsd.daemon.SQS_IO_THREADS), which sends, deletes and heartbeats need too.
 MAX_RECEIVES = 2
 # A finished message waits up to this long for others to share its DeleteMessageBatch call: one
 # call per ten messages instead of one each (docs/scaling.md's cost arithmetic).
