@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         groups[folder][1] += survived
     for folder, (killed, survived) in sorted(groups.items()):
         if killed + survived:
-            print(f"{100.0 * killed / (killed + survived):6.1f} %  {folder} (all files above in it)")
+            print(f"{100.0 * killed / (killed + survived):6.1f} %  {folder}* (the files above in that folder)")
     regex_killed = by_kind[("regex", "killed")] + by_kind[("regex", "timeout")]
     regex_total = regex_killed + by_kind[("regex", "survived")]
     if regex_total:
