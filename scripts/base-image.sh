@@ -49,10 +49,14 @@ mkdir -p "$CACHE"
 if [ ! -s "$TARBALL" ]; then
     command -v debootstrap >/dev/null 2>&1 || {
         echo "snsd: installing debootstrap" >&2
-        apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
+        # DPkg::Lock::Timeout: wait for another apt (a second test run, unattended upgrades).
+        apt-get -o DPkg::Lock::Timeout=600 update -q >&2 \
+            && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q debootstrap >&2
     }
+    # Private names until the final mv: two runs at once each build their own, the last mv wins.
     ROOTFS=$(mktemp -d "$CACHE/rootfs.XXXXXX")
-    trap 'rm -rf "$ROOTFS" "$TARBALL.partial"' EXIT
+    PARTIAL=$(mktemp "$TARBALL.XXXXXX")
+    trap 'rm -rf "$ROOTFS" "$PARTIAL"' EXIT
     started=$(date +%s)
     echo "snsd: debootstrap $RELEASE (minbase + $PACKAGES) into $ROOTFS" >&2
     debootstrap --variant=minbase --include="$PACKAGES" "$RELEASE" "$ROOTFS" "$MIRROR" >&2
@@ -62,8 +66,9 @@ if [ ! -s "$TARBALL" ]; then
     # What an image does not need: package lists and caches, documentation, man pages.
     rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/* "$ROOTFS"/usr/share/doc/* \
         "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/* "$ROOTFS"/usr/share/locale/* "$ROOTFS"/tmp/*
-    tar --numeric-owner -C "$ROOTFS" -czf "$TARBALL.partial" .
-    mv "$TARBALL.partial" "$TARBALL"
+    tar --numeric-owner -C "$ROOTFS" -czf "$PARTIAL" .
+    chmod 644 "$PARTIAL"
+    mv "$PARTIAL" "$TARBALL"
     echo "snsd: base rootfs built in $(($(date +%s) - started)) s: $TARBALL" >&2
 fi
 

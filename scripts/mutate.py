@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{spec!r}: expected MODULE=TEST[,TEST...]")
         targets.append((Path(module), [t for t in tests.split(",") if t]))
     equivalents = load_equivalents()
-    used_equivalents: set[tuple[str, str]] = set()
+    existing: set[tuple[str, str]] = set()  # every mutant of the modules run, --only or not
 
     if args.list:
         for module, _ in targets:
@@ -617,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         timeout = 3 * took + 10
         mutants = mutants_of(source)
+        existing.update((str(module), m.key) for m in mutants)
         if args.only:
             mutants = [m for m in mutants if args.only in m.key]
         killed = survived = errors = excluded = invalid = 0
@@ -624,7 +625,6 @@ def main(argv: list[str] | None = None) -> int:
         results: list[tuple[Mutant, str]] = []
         for m in mutants:
             if (str(module), m.key) in equivalents:
-                used_equivalents.add((str(module), m.key))
                 results.append((m, "equivalent"))
                 continue
             mutant_source = mutated_source(source, m.index)
@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         groups[folder][1] += survived
     for folder, (killed, survived) in sorted(groups.items()):
         if killed + survived:
-            print(f"{100.0 * killed / (killed + survived):6.1f} %  {folder} (all files above in it)")
+            print(f"{100.0 * killed / (killed + survived):6.1f} %  {folder}* (the files above in that folder)")
     regex_killed = by_kind[("regex", "killed")] + by_kind[("regex", "timeout")]
     regex_total = regex_killed + by_kind[("regex", "survived")]
     if regex_total:
@@ -676,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     if listed:
         print("\n== excluded as equivalent (scripts/mutation-equivalents.txt)")
         for file, key in sorted(listed):
-            state = "" if (file, key) in used_equivalents else "  [STALE: no such mutant any more]"
+            state = "" if (file, key) in existing else "  [STALE: no such mutant any more]"
             print(f"{file} :: {key}\n    why: {equivalents[(file, key)]}{state}")
     return 0
 

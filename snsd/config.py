@@ -501,7 +501,7 @@ class SNSDOptions(usage.Options):
 
     def _checked(self, v: dict[str, Any]) -> Settings:
         """The values' cross-checks (one value against another, or against the file system)."""
-        if v["spool"] != ":memory:":
+        if v["spool"] != ":memory:" and v["role"] is not Role.WORKER:  # a worker keeps nothing locally
             _check_writable_file(self.name("spool"), v["spool"])
         if v["dry-run"]:
             _check_writable_file(self.name("results"), v["results"])

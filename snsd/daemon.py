@@ -58,8 +58,9 @@ ADMIN_MAX_CONNECTIONS = 32
 
 # How often accepted MessageIds older than --dedup-ttl are forgotten by the spool.
 PRUNE_INTERVAL = 300.0
-# --role listener/worker: threads for the queue's blocking calls (one long poll, one send or delete).
-SQS_IO_THREADS = 4
+# --role listener/worker: threads for the queue's blocking calls: a worker's two long polls, its deletes
+# and heartbeats; a listener's three SendMessageBatch calls in flight.
+SQS_IO_THREADS = 6
 # How often a worker reads its queue's ApproximateNumberOfMessages (one request each).
 QUEUE_DEPTH_INTERVAL = 15.0
 # SQS keeps a message at most 14 days: the most an SNS envelope can have waited in it.
@@ -382,7 +383,8 @@ def build_daemon(
         from snsd.sqs.worker import QueueDepth, QueueWorker
 
         # The queue's blocking boto3 calls get threads of their own (snsd/sqs/queue.py), never the job pool's.
-        io = pool_factory(reactor, SQS_IO_THREADS, nice=0)
+        # Niced like the job threads: under CPU contention the reactor answering SNS comes first.
+        io = pool_factory(reactor, SQS_IO_THREADS, nice=settings.job_nice)
         io.setName("sqs-io")
         queue = (queue_factory or SQSQueue)(settings.queue, io)
         extras = (io,)

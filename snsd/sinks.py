@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Sequence
 
@@ -99,8 +100,26 @@ def _json_document(line: dict) -> bytes:
         return json.dumps(line, ensure_ascii=False, indent=2, default=str).encode("utf-8")
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def result_key(prefix: str, bucket: str, key: str, version_id: str | None = None, etag: str | None = None) -> str:
+    """Where the result of one upload goes: derived from the object's identity, nothing else."""
+    identity = version_id or (etag.strip('"') if etag else None)
+    if not identity:
+        return f"{prefix}{bucket}/{key}.dq.json"
+    # Version ids and ETags are URL-safe in practice; anything else is replaced, never dropped.
+    return f"{prefix}{bucket}/{key}/{_UNSAFE.sub('_', identity)}.dq.json"
+
+
 class S3ResultSink:
-    """Writes each result as ``s3://<bucket>/<prefix><source bucket>/<source key>.dq.json``."""
+    """Writes each result as ``s3://<bucket>/<prefix><source bucket>/<source key>/<version>.dq.json``.
+
+    The key is the object's identity: bucket, key, and the version id, or the ETag where the
+    bucket has no versioning (neither: ``<source key>.dq.json``).  Delivery is at least once (a
+    rerun after a crash, an SQS redelivery): a rerun of the same upload rewrites the same document,
+    and a later upload of the same key gets a document of its own, so a late rerun of the old one
+    can never overwrite the new one's result (docs/scaling.md)."""
 
     def __init__(self, bucket: str, prefix: str = "dq-results/", client: SharedClient | None = None):
         self.bucket = bucket
@@ -108,7 +127,7 @@ class S3ResultSink:
         self._s3 = client or SharedClient("s3")
 
     def key_for(self, line: dict) -> str:
-        return f"{self.prefix}{line['bucket']}/{line['key']}.dq.json"
+        return result_key(self.prefix, line["bucket"], line["key"], line.get("version_id"), line.get("etag"))
 
     def write(self, line: dict) -> None:
         body = _json_document(line)

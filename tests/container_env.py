@@ -64,9 +64,11 @@ def _install_docker() -> None:
     if shutil.which("apt-get") is None:
         raise DockerUnavailable("no dockerd on this machine and no apt-get to install docker.io with")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "docker.io"]):
-        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
-        if result.returncode != 0:
+    # Another apt (a second test run, unattended upgrades) may hold dpkg's lock: wait for it.
+    wait = ["-o", "DPkg::Lock::Timeout=600"]
+    for argv in (["apt-get", *wait, "update", "-q"], ["apt-get", *wait, "install", "-y", "-q", "docker.io"]):
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1500)
+        if result.returncode != 0 and shutil.which("dockerd") is None:
             last = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
             raise DockerUnavailable(f"{shlex.join(argv)} exited {result.returncode}: {last[0]}")
 

@@ -53,6 +53,10 @@ class MemoryQueue:
         now = self.clock.seconds()
         return [m for m in self.messages.values() if m.visible_at <= now]
 
+    def asked(self) -> list[int]:
+        """How many messages each long poll now waiting asked for."""
+        return [limit for _, limit, _, _ in self._waiting]
+
     def put(self, body: str) -> str:
         message_id = f"m-{next(self._ids)}"
         self.messages[message_id] = _Stored(message_id, body, self.clock.seconds())
@@ -96,14 +100,16 @@ class MemoryQueue:
         self._waiting.append((d, max_messages, visibility, timer))
         return d
 
-    def delete(self, receipt_handle: str):
+    def delete(self, receipt_handles):
         error = self._call("delete")
         if error:
             return fail(error)
+        assert 0 < len(receipt_handles) <= BATCH, len(receipt_handles)
+        handles = set(receipt_handles)
         for message_id, stored in list(self.messages.items()):
-            if stored.receipt == receipt_handle:
+            if stored.receipt in handles:
                 del self.messages[message_id]
-        return succeed(None)
+        return succeed([])
 
     def change_visibility(self, receipt_handles, seconds: int):
         error = self._call("change_visibility")

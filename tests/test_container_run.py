@@ -213,6 +213,16 @@ class TestImage:
         assert "PIP_INDEX_URL" not in history and "PIP_EXTRA_INDEX_URL" not in history
         assert not any(env.startswith("PIP_") for env in config["Env"])
 
+    def test_twisteds_plugin_cache_is_strictly_newer_than_every_plugin_file(self, snsd_image):
+        # Otherwise twistd rewrites it at every start, which a read-only root (and uid 10001) cannot.
+        check = (
+            "import pathlib, twisted.plugins as p; d = pathlib.Path(p.__path__[0]); "
+            "cache = (d / 'dropin.cache').stat().st_mtime; "
+            "print(sorted(f.name for f in d.glob('*.py') if f.stat().st_mtime >= cache))"
+        )
+        result = docker("run", "--rm", "--network", "host", "--entrypoint", "python", snsd_image.tag, "-c", check)
+        assert result.stdout.strip() == "[]"
+
     def test_healthy_by_its_own_healthcheck_as_uid_10001_writing_to_the_volume(self, snsd_image, containers, tmp_path):
         data = data_volume(tmp_path / "data")
         container = containers(snsd_image.tag, data, "--dry-run")

@@ -152,3 +152,24 @@ def test_one_s3_client_is_built_once_and_shared_by_every_thread():
         thread.join()
     assert len(built) == 1
     assert seen == [built[0]] * 8
+
+
+def test_an_s3_result_is_keyed_by_the_objects_identity_so_a_rerun_rewrites_it():
+    keys = []
+
+    class Client:
+        def put_object(self, **kwargs):
+            keys.append(kwargs["Key"])
+
+    sink = S3ResultSink("results", "dq/", client=SharedClient(factory=Client))
+    first = {"bucket": "b", "key": "data/a.csv", "etag": "9b2cf535f27731c974343645a3985328", "version_id": None}
+    sink.write(first)
+    sink.write(first)  # a redelivery: the same document
+    sink.write({**first, "etag": "d41d8cd98f00b204e9800998ecf8427e"})  # a new upload of the key: its own
+    sink.write({**first, "version_id": "3/L4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"})  # a version id wins over the ETag
+    assert keys == [
+        "dq/b/data/a.csv/9b2cf535f27731c974343645a3985328.dq.json",
+        "dq/b/data/a.csv/9b2cf535f27731c974343645a3985328.dq.json",
+        "dq/b/data/a.csv/d41d8cd98f00b204e9800998ecf8427e.dq.json",
+        "dq/b/data/a.csv/3_L4kqtJlcpXroDTDmJ_rmSpXd3dIbrHY.dq.json",
+    ]

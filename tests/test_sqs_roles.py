@@ -19,6 +19,7 @@ from snsd import metrics
 from snsd.records import S3ObjectRecord
 from snsd.sqs.codec import encode_record
 from snsd.sqs.forwarder import MAX_BACKOFF
+from snsd.sqs.worker import DELETE_WAIT
 from tests.sqs_fakes import MemoryQueue
 from tests.trust_helpers import notification, result_of, signed
 from tests.web_harness import Snsd, s3_message
@@ -196,6 +197,7 @@ def test_a_worker_runs_a_record_writes_its_result_then_deletes_the_message(tmp_p
     pool.finish()
     assert [r.key for r in snsd.jobs_seen] == ["a.csv"]
     assert [(line["key"], line["status"]) for line in snsd.results()] == [("a.csv", "ok")]
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert q.messages == {}
 
 
@@ -206,11 +208,39 @@ def test_a_worker_receives_no_more_messages_than_it_has_free_workers(tmp_path):
     assert len(pool.held) == 2  # two jobs, and no receive asks for more
     assert len([m for m in q.messages.values() if m.receive_count]) == 2
     pool.finish(1)
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert len(pool.held) == 2 and len(q.messages) == 4
     pool.finish()
     pool.finish()
     pool.finish()
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert q.messages == {} and len(snsd.results()) == 5
+
+
+def test_more_free_workers_than_a_receive_takes_means_two_receives_side_by_side(tmp_path):
+    snsd, q, _, pool = make_worker(tmp_path, workers=12)
+    assert q.asked() == [10, 2]  # twelve free workers: never more messages asked for than that
+    for n in range(15):
+        q.put(record_body(f"{n}.csv"))
+    assert len(pool.held) == 12 and len(q.visible()) == 3
+
+
+def test_messages_finished_together_are_deleted_ten_to_a_call(tmp_path):
+    snsd, q, _, pool = make_worker(tmp_path, workers=12)
+    for n in range(12):
+        q.put(record_body(f"{n}.csv"))
+    pool.finish()
+    assert q.calls.count("delete") == 1  # ten at once; the other two wait a little for company
+    snsd.clock.advance(DELETE_WAIT)
+    assert q.calls.count("delete") == 2 and q.messages == {}
+
+
+def test_a_drain_deletes_finished_messages_at_once(tmp_path):
+    snsd, q, _, pool = make_worker(tmp_path)
+    q.put(record_body("a.csv"))
+    snsd.daemon.dispatcher.drain(10)
+    pool.finish()  # its job ends during the drain: deleted now, not after DELETE_WAIT
+    assert q.messages == {}
 
 
 def test_the_heartbeat_keeps_a_running_jobs_message_invisible(tmp_path):
@@ -223,6 +253,7 @@ def test_the_heartbeat_keeps_a_running_jobs_message_invisible(tmp_path):
     assert q.visible() == []  # never handed out again meanwhile
     assert (next(iter(q.messages.values()))).receive_count == 1
     pool.finish()
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert q.messages == {}
 
 
@@ -238,7 +269,33 @@ def test_nothing_is_received_while_the_breaker_is_open_and_nothing_is_skipped(tm
     snsd.breaker.reset()
     assert len(pool.held) == 1
     pool.finish()
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert q.messages == {} and [line["key"] for line in snsd.results()] == ["a.csv"]
+
+
+def test_while_half_open_one_trial_message_at_a_time_is_received(tmp_path):
+    outcomes = [RuntimeError("down"), None, None, None]
+
+    def flaky(record):
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return {"verdict": "passed"}
+
+    snsd, q, _, pool = make_worker(tmp_path, flaky, max_failures=1)
+    q.put(record_body("first.csv"))
+    pool.finish()  # fails: the breaker opens for its 30 s cooldown
+    assert snsd.breaker.is_open
+    for n in range(3):
+        q.put(record_body(f"{n}.csv"))
+    receives = q.calls.count("receive")
+    snsd.clock.advance(30)  # half open
+    assert len(pool.held) == 1  # one trial
+    snsd.clock.advance(5)
+    assert q.calls.count("receive") - receives <= 2  # no storm of receives while the trial runs
+    pool.finish()  # the trial succeeds: closed again, the rest run
+    assert not snsd.breaker.active
+    assert len(pool.held) == 2
 
 
 def test_drain_stops_receiving_waits_for_running_jobs_and_releases_the_rest_at_once(tmp_path):
@@ -252,6 +309,7 @@ def test_drain_stops_receiving_waits_for_running_jobs_and_releases_the_rest_at_o
     assert not drained.called
     snsd.clock.advance(10)  # the other does not: its message becomes visible again at once
     assert result_of(drained) is False
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert len(q.messages) == 2 and len(q.visible()) == 2
     assert q.calls.count("receive") == receives  # none since the drain began
 
@@ -292,6 +350,7 @@ def test_a_body_that_can_never_be_work_is_deleted_with_a_metric(tmp_path, body, 
     snsd, q, _, pool = make_worker(tmp_path)
     before = value(metrics.SQS_DISCARDED, reason=reason)
     q.put(body)
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert q.messages == {} and pool.held == []
     assert value(metrics.SQS_DISCARDED, reason=reason) == before + 1
 
@@ -301,6 +360,7 @@ def test_an_s3_notification_sent_straight_to_sqs_is_work(tmp_path):
     q.put(s3_message("x.csv", "y.csv"))
     pool.finish()
     assert sorted(line["key"] for line in snsd.results()) == ["x.csv", "y.csv"]
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert q.messages == {}
 
 
@@ -311,6 +371,7 @@ def test_a_signed_sns_envelope_is_verified_and_run(tmp_path):
     pool.finish()
     (line,) = snsd.results()
     assert line["key"] == "via-sns.csv" and line["topic_arn"].startswith("arn:aws:sns:")
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert q.messages == {}
 
 
@@ -320,6 +381,7 @@ def test_an_sns_envelope_with_a_bad_signature_is_deleted_without_a_job(tmp_path)
     forged["Message"] = s3_message("other.csv")
     q.put(json.dumps(forged))
     snsd.flush()
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert pool.held == [] and q.messages == {}
 
 
@@ -332,6 +394,7 @@ def test_a_failing_job_comes_back_and_lands_in_the_dead_letter_queue_after_max_r
     for _ in range(3):
         pool.finish()
         snsd.clock.advance(20)  # past the retry delay; the next long poll takes it again
+    snsd.clock.advance(DELETE_WAIT)  # finished messages share a DeleteMessageBatch
     assert q.messages == {}
     (body,) = dlq.bodies()
     assert json.loads(body)["record"]["key"] == "poison.csv"
@@ -395,3 +458,13 @@ def test_a_listener_needs_no_results_bucket():
     options = SNSDOptions(environ={})
     options.parseOptions(["--spool", ":memory:", "--role", "listener", "--queue", "https://q"])
     assert options.settings.results_bucket is None
+
+
+def test_a_worker_needs_no_writable_spool(tmp_path):
+    from snsd.config import SNSDOptions
+
+    options = SNSDOptions(environ={})
+    unwritable = str(tmp_path / "no" / "such" / "spool.sqlite3")
+    options.parseOptions(["--dry-run", "--results", str(tmp_path / "r.jsonl"), "--spool", unwritable,
+                          "--role", "worker", "--queue", "https://q"])  # fmt: skip
+    assert options.settings.spool == unwritable

@@ -201,7 +201,8 @@ def test_remembered_failures_are_bounded():
     urls = [CERT_URL.replace("0123456789abcdef", f"{n:016x}") for n in range(3)]
     for url in urls:
         failure_of(h.fetch(url), TrustError)  # 404
-    failure_of(h.fetch(urls[2]), TrustError)  # the newest: remembered
+    failure_of(h.fetch(urls[2]), TrustError)  # the newest two: remembered
+    failure_of(h.fetch(urls[1]), TrustError)
     assert len(h.resource.requests) == 3
     failure_of(h.fetch(urls[0]), TrustError)  # forgotten (the oldest): asked again
     assert len(h.resource.requests) == 4

@@ -206,3 +206,11 @@ async def test_a_small_batch_is_checked_once_and_never_handed_to_the_thread(chec
     await deferLater(reactor, 0, lambda: None)
     assert [result_of(d) for d in asked] == [None] * len(asked)
     assert checked_in == [threading.current_thread().name] * len(asked)
+
+
+def test_a_failed_hand_off_fails_every_check_of_its_batch():
+    from twisted.python.failure import Failure
+
+    batch = [({}, CERT, defer.Deferred()) for _ in range(3)]
+    offload._fail_each(Failure(RuntimeError("the pool stopped")), batch)
+    assert [str(failure_of(d, RuntimeError)) for _, _, d in batch] == ["the pool stopped"] * 3

@@ -278,6 +278,7 @@ def test_after_the_tunnel_opens_bytes_go_to_the_inner_protocol_only():
     tunnel.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")  # bytes from the server now, not the proxy
     assert outcome[0].received == [b"HTTP/1.1 200 OK\r\n\r\n"]
     assert transport.tls_started == [tls]
+    assert not transport.disconnected
     tunnel.connectionLost(Failure(ConnectionDone()))
     assert len(outcome[0].lost) == 1
 
@@ -353,3 +354,16 @@ def test_the_proxy_in_use_is_logged_without_its_credentials():
     [event] = [e for e in events if "through the proxy" in e.get("log_format", "")]
     assert (event["proxy"], event["bypass"]) == ("p:1 (with credentials)", ".internal")
     assert "secret" not in repr(event)
+
+
+def test_an_answer_past_16384_bytes_without_its_end_is_refused():
+    tunnel, transport, tls, outcome = _tunnel()
+    tunnel.dataReceived(b"HTTP/1.1 200 OK\r\n" + b"y" * (16385 - 17))
+    assert "too long" in str(outcome[0].value)
+
+
+def test_a_refusing_status_line_is_quoted_up_to_200_bytes():
+    tunnel, transport, tls, outcome = _tunnel()
+    status = b"HTTP/1.1 407 " + b"x" * 300
+    tunnel.dataReceived(status + b"\r\n\r\n")
+    assert str(outcome[0].value).endswith("the proxy refused CONNECT: " + status[:200].decode() + ".")

@@ -11,14 +11,16 @@ While SQS cannot be reached the listener goes on accepting up to ``--max-pending
 the forwarder retries with a backoff doubling from :data:`FIRST_BACKOFF` to :data:`MAX_BACKOFF`:
 SNS gives up on an endpoint after about a minute of 5xx, so an SQS outage must never become one.
 
-One send is in flight at a time: on a two-core machine one batch of ten per round trip already
-outruns the HTTP side (docs/scaling.md), and one in flight keeps the order and the cursor simple.
+One claim is in flight at a time, sent as up to ``parallel`` batches of ten side by side: one
+batch per round trip capped the send rate at ten records per SQS round trip (measured in
+docs/scaling.md); a single claim at a time keeps the cursor simple (records after the first
+one not confirmed are claimed again).
 """
 
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 
 from snsd import metrics
 from snsd.admission import AlreadyAccepted, Backpressure
@@ -53,8 +55,11 @@ class Backoff:
 class Forwarder(Service):
     name = "dispatcher"  # it holds the dispatcher's place in the daemon (snsd.daemon)
 
-    def __init__(self, spool, queue, clock, *, max_pending: int = 10_000, backoff: Backoff | None = None):
+    def __init__(
+        self, spool, queue, clock, *, max_pending: int = 10_000, backoff: Backoff | None = None, parallel: int = 3
+    ):
         self.spool = spool
+        self.parallel = parallel  # SendMessageBatch calls in flight at once (each on an io thread)
         self.queue = queue
         self.clock = clock
         self.max_pending = max_pending
@@ -176,17 +181,20 @@ class Forwarder(Service):
             return
         if self.pending <= 0:
             return
-        self._in_flight = self.spool.claim(self._cursor, BATCH).addCallback(self._send)
+        self._in_flight = self.spool.claim(self._cursor, BATCH * self.parallel).addCallback(self._send)
         self._in_flight.addCallbacks(self._sent, self._failed)
 
-    def _send(self, batch):
-        if not batch:
-            return batch, None
-        entries = [(str(spooled.id), encode_record(spooled.record)) for spooled in batch]
-        return self.queue.send_batch(entries).addCallback(lambda result: (batch, result))
+    def _send(self, claimed):
+        """The claimed records in batches of ten, sent side by side; fires with (records, results)."""
+        batches = [claimed[i : i + BATCH] for i in range(0, len(claimed), BATCH)]
+        sends = [
+            self.queue.send_batch([(str(spooled.id), encode_record(spooled.record)) for spooled in batch])
+            for batch in batches
+        ]
+        return DeferredList(sends, consumeErrors=True).addCallback(lambda results: (claimed, results))
 
     def _sent(self, outcome) -> None:
-        batch, result = outcome
+        batch, results = outcome
         self._in_flight = None
         if not batch:
             # Nothing past the cursor although some are pending: a count drifted (a failed
@@ -194,10 +202,21 @@ class Forwarder(Service):
             self._cursor = 0
             self._settle_idle()
             return
-        sent = {int(i) for i in result.sent}
+        sent: set[int] = set()
+        failure = None
+        for ok, result in results:
+            if not ok:
+                failure = result  # the whole call failed (SQS unreachable): its records wait
+                continue
+            sent.update(int(i) for i in result.sent)
+            for entry_id, reason in result.failed.items():
+                log.warn(
+                    "SQS refused record {record_id}: {reason}; sending it again", record_id=entry_id, reason=reason
+                )
         unsent = [spooled.id for spooled in batch if spooled.id not in sent]
-        for entry_id, reason in result.failed.items():
-            log.warn("SQS refused record {record_id}: {reason}; sending it again", record_id=entry_id, reason=reason)
+        if failure is not None and not sent:
+            self._failed(failure)
+            return
         if sent:
             self.pending = max(0, self.pending - len(sent))
             metrics.FORWARDED.inc(len(sent))
@@ -206,7 +225,10 @@ class Forwarder(Service):
                 lambda f: log.failure("could not complete forwarded records; they will be sent again", f)
             )
         if unsent:
-            metrics.FORWARD_FAILURES.labels(what="entry").inc(len(unsent))
+            if failure is not None:
+                metrics.FORWARD_FAILURES.labels(what="call").inc()
+            else:
+                metrics.FORWARD_FAILURES.labels(what="entry").inc(len(unsent))
             self._cursor = min(unsent) - 1
             self._settle_idle()
             self._later()

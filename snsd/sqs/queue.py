@@ -1,7 +1,7 @@
 """The SQS queue as the forwarder and the worker see it: a few calls that return Deferreds.
 
-boto3 blocks, so each call runs in a thread of a small pool of its own (``--role`` wiring makes
-it: two threads), never on the job pool: a long poll holds its thread for up to 20 s, and jobs
+boto3 blocks, so each call runs in a thread of a small pool of its own (``SQS_IO_THREADS`` in
+snsd/daemon.py), never on the job pool: a long poll holds its thread for up to 20 s, and jobs
 must not wait behind it, nor a send behind a busy job pool.  treq would avoid the threads, but
 SQS requests need SigV4 signing and the endpoint, region and credential resolution that boto3
 already does from the standard AWS environment; the threads cost far less than re-doing that.
@@ -98,8 +98,18 @@ class SQSQueue:
 
         return self._io.submit(receive)
 
-    def delete(self, receipt_handle: str):
-        return self._io.submit(lambda: self._sqs.get().delete_message(QueueUrl=self.url, ReceiptHandle=receipt_handle))
+    def delete(self, receipt_handles: Sequence[str]):
+        """Delete up to :data:`BATCH` messages in one call; fires with the handles SQS did not delete."""
+        handles = list(receipt_handles)
+        assert 0 < len(handles) <= BATCH
+
+        def delete():
+            answer = self._sqs.get().delete_message_batch(
+                QueueUrl=self.url, Entries=[{"Id": str(n), "ReceiptHandle": h} for n, h in enumerate(handles)]
+            )
+            return [handles[int(f["Id"])] for f in answer.get("Failed", [])]
+
+        return self._io.submit(delete)
 
     def change_visibility(self, receipt_handles: Sequence[str], seconds: int):
         """Set each message's visibility timeout to ``seconds`` from now (0: visible again at once)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
 from snsd import metrics
@@ -34,6 +34,14 @@ from snsd.sqs.queue import BATCH, LONG_POLL, QueueMessage
 
 log = Logger()
 
+# ReceiveMessage calls in flight at once: while one waits for its answer (an SQS round trip,
+# tens of ms under load) the other can already bring work for workers that freed up meanwhile.
+# Each holds an io thread for up to its 20 s wait, so this stays well below the io threads
+# (snsd.daemon.SQS_IO_THREADS), which sends, deletes and heartbeats need too.
+MAX_RECEIVES = 2
+# A finished message waits up to this long for others to share its DeleteMessageBatch call: one
+# call per ten messages instead of one each (docs/scaling.md's cost arithmetic).
+DELETE_WAIT = 0.05
 # How much longer than its wait a long poll may take to answer before a drain stops waiting for it.
 RECEIVE_GRACE = 5
 # A failed job's message comes back after min(2 ** (receives - 1), visibility) seconds.
@@ -85,8 +93,12 @@ class QueueWorker(Service):
         self.pending = 0  # nothing waits here: the queue holds it
         self.jobs_running = 0
         self._held: dict[str, Held] = {}  # receipt handle -> message
-        self._receiving = False
+        self._receives = 0  # ReceiveMessage calls in flight
+        self._requested = 0  # messages those calls may still bring
         self._receive_waiters: list[Deferred] = []
+        self._to_delete: list[tuple[QueueMessage, str]] = []  # finished, waiting for a DeleteMessageBatch
+        self._delete_call = None
+        self._deleting: list[Deferred] = []
         self._retry = None
         self._idle: list[Deferred] = []
         breaker.on_change(lambda state: self._poll())
@@ -123,7 +135,7 @@ class QueueWorker(Service):
 
     def _receive_ended(self) -> Deferred:
         """Fires once no receive is in flight (at most LONG_POLL + RECEIVE_GRACE s from now)."""
-        if not self._receiving:
+        if not self._receives:
             return succeed(None)
         ended = Deferred()
         self._receive_waiters.append(ended)
@@ -142,22 +154,39 @@ class QueueWorker(Service):
     # -- receiving -------------------------------------------------------------------------------
 
     def free(self) -> int:
-        return max(0, self.workers - self.jobs_running)
+        """Workers with no job, less the messages received whose jobs have not started yet."""
+        waiting = sum(1 for held in self._held.values() if not held.records)
+        return max(0, self.workers - self.jobs_running - waiting)
 
     def _poll(self) -> None:
-        if not self.ready or self.draining or self._receiving or self._retry is not None:
+        if not self.ready or self.draining or self._retry is not None or self._receives >= MAX_RECEIVES:
             return
         if self.breaker.is_open:
             return  # the breaker's change calls _poll again
-        room = min(BATCH, self.free())
+        room = min(BATCH, self.free() - self._requested)
+        if self.breaker.active:
+            # Half open: one trial job at a time.  Messages beyond it would only go back to the
+            # queue and come straight back, a storm of receives for as long as the trial runs.
+            if self.jobs_running or self._receives or self._held:
+                return  # the trial's end (or the breaker's change) calls _poll again
+            room = min(room, 1)
         if room <= 0:
             return  # a job's end calls _poll again
-        self._receiving = True
-        self.queue.receive(room, self.wait, self.visibility).addCallbacks(self._received, self._receive_failed)
+        self._receives += 1
+        self._requested += room
+        self.queue.receive(room, self.wait, self.visibility).addCallbacks(
+            self._received, self._receive_failed, callbackArgs=(room,), errbackArgs=(room,)
+        )
+        self._poll()  # more room (over ten free workers): a second receive, side by side
 
-    def _receive_failed(self, failure: Failure) -> None:
-        self._receiving = False
-        self._fire_receive_waiters()
+    def _receive_done(self, room: int) -> None:
+        self._receives -= 1
+        self._requested -= room
+        if not self._receives:
+            self._fire_receive_waiters()
+
+    def _receive_failed(self, failure: Failure, room: int) -> None:
+        self._receive_done(room)
         metrics.SQS_RECEIVE_FAILURES.inc()
         delay = self.backoff.next()
         log.warn(
@@ -173,14 +202,17 @@ class QueueWorker(Service):
 
         self._retry = self.clock.callLater(delay, again)
 
-    def _received(self, messages: list[QueueMessage]) -> None:
-        self._receiving = False
+    def _received(self, messages: list[QueueMessage], room: int) -> None:
         self.backoff.reset()
         metrics.SQS_RECEIVED.inc(len(messages))
         if self.draining:
-            # The long poll was in flight when the drain began: these go straight back.
-            self._release([m.receipt_handle for m in messages], "draining").addBoth(self._fire_receive_waiters)
+            # The long poll was in flight when the drain began: held only to go straight back
+            # with the drain's release, which the drain waits for.
+            for message in messages:
+                self._held[message.receipt_handle] = Held(message)
+            self._receive_done(room)
             return
+        self._receive_done(room)
         for message in messages:
             if message.receive_count > 1:
                 metrics.SQS_REDELIVERED.inc()
@@ -308,21 +340,45 @@ class QueueWorker(Service):
         return True
 
     def _delete(self, held: Held, why: str) -> None:
+        """Delete the message, in a DeleteMessageBatch with others finished within DELETE_WAIT."""
         if not self._forget(held):
             return
+        self._to_delete.append((held.message, why))
+        if len(self._to_delete) >= BATCH or self.draining:
+            self._flush_deletes()
+        elif self._delete_call is None:
+            self._delete_call = self.clock.callLater(DELETE_WAIT, self._flush_deletes)
 
-        def deleted(_):
-            metrics.SQS_DELETED.labels(why=why).inc()
+    def _flush_deletes(self) -> Deferred:
+        if self._delete_call is not None and self._delete_call.active():
+            self._delete_call.cancel()
+        self._delete_call = None
+        batch, self._to_delete = self._to_delete[:BATCH], self._to_delete[BATCH:]
+        if self._to_delete:
+            self._delete_call = self.clock.callLater(0, self._flush_deletes)
+        if not batch:
+            return succeed(None)
+        by_handle = {message.receipt_handle: (message, why) for message, why in batch}
+
+        def deleted(not_deleted):
+            for handle, (message, why) in by_handle.items():
+                if handle in not_deleted:
+                    log.warn("SQS did not delete message {sqs_message_id}", sqs_message_id=message.message_id)
+                else:
+                    metrics.SQS_DELETED.labels(why=why).inc()
 
         def failed(failure):
-            # It comes back after its visibility timeout and runs again: results are idempotent.
+            # They come back after their visibility timeout and run again: results are idempotent.
             log.warn(
-                "could not delete message {sqs_message_id}: {error}; it will be delivered again",
-                sqs_message_id=held.message.message_id,
+                "could not delete {count} messages: {error}; they will be delivered again",
+                count=len(batch),
                 error=failure.getErrorMessage(),
             )
 
-        self.queue.delete(held.message.receipt_handle).addCallbacks(deleted, failed)
+        d = self.queue.delete(list(by_handle)).addCallbacks(deleted, failed)
+        self._deleting.append(d)
+        d.addBoth(lambda _: self._deleting.remove(d))
+        return d
 
     def _give_back(self, held: Held, seconds: int) -> None:
         if self._forget(held):
@@ -341,12 +397,17 @@ class QueueWorker(Service):
         )
 
     def _release_all(self) -> Deferred:
+        # Finished messages are deleted (not released: their results are written), and waited for.
+        while self._to_delete:
+            self._flush_deletes()
+        deletes = DeferredList(list(self._deleting), consumeErrors=True)
         held = list(self._held.values())
         for h in held:
             self._forget(h)
         if held:
             log.info("draining: making {count} unfinished messages visible again", count=len(held))
-        return self._release([h.message.receipt_handle for h in held], "draining")
+        released = self._release([h.message.receipt_handle for h in held], "draining")
+        return DeferredList([deletes, released], consumeErrors=True)
 
     def _heartbeat_later(self, held: Held) -> None:
         held.heartbeat = self.clock.callLater(max(1, self.visibility / 3), self._heartbeat, held)

@@ -268,7 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("LOCALSTACK_URL") or "http://127.0.0.1:4566"
     parser.add_argument("--endpoint-url", default=default_endpoint, help="AWS/LocalStack URL (default %(default)s)")
     parser.add_argument(
-        "--listener-url", "--endpoint", dest="listener_url", default=DEFAULT_LISTENER, help="snsd's URL to subscribe"
+        "--listener-url",
+        "--endpoint",
+        dest="listener_url",
+        default=None,
+        help=f"snsd's URL to subscribe (default {DEFAULT_LISTENER}; with --queue, none unless given)",
     )
     parser.add_argument("--bucket", default=DEFAULT_BUCKET)
     parser.add_argument("--topic", default=DEFAULT_TOPIC)
@@ -305,8 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(action)
         print(f"queue_url={queues.queue_url}")
         print(f"dead_letter_url={queues.dead_letter_url}")
-        if args.feed != "listener":
-            return 0
+        if args.feed != "listener" or args.listener_url is None:
+            return 0  # the queues alone: listeners are wired when they run (--listener-url)
+    args.listener_url = args.listener_url or DEFAULT_LISTENER
     try:
         wiring = wire(args.endpoint_url, args.listener_url, args.bucket, args.topic, args.region, args.wait_confirmed)
     except TimeoutError as exc:
