@@ -136,9 +136,6 @@ def refuse_newer(conn: sqlite3.Connection) -> None:
 def upgrade(conn: sqlite3.Connection, dedup_ttl: float) -> int:
     """Bring the file up to :data:`VERSION`, one step per transaction; return the version it had."""
     found = version_of(conn)
-    if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone() == (0,):
-        # A new file: set before the first table, this needs no VACUUM.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     for version in range(found, VERSION):
         # A step that fails leaves its transaction open: the caller closes the connection, and
         # with it SQLite rolls the step back.
@@ -150,10 +147,10 @@ def upgrade(conn: sqlite3.Connection, dedup_ttl: float) -> int:
         conn.execute("COMMIT")
     refuse_newer(conn)  # a newer snsd may have written the file since the first look
     if conn.execute("PRAGMA auto_vacuum").fetchone() != (INCREMENTAL,):
-        # Part of the upgrade to version 2 for files made before it.  Outside the step's
-        # transaction because VACUUM cannot run in one; checked at every open, so a crash before
-        # it finished only means it runs at the next start.  Rewrites the file once: a few
-        # seconds per GB, before the daemon takes work.
+        # Part of the upgrade to version 2, for new files too (on a new file it takes no time).
+        # Outside the step's transaction because VACUUM cannot run in one; checked at every
+        # open, so a crash before it finished only means it runs at the next start.  Rewrites the
+        # file once: a few seconds per GB, before the daemon takes work.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("VACUUM")
     return found
