@@ -386,9 +386,8 @@ class SQLiteSpool:
     def _flush(self, force: bool = False) -> list[Deferred]:
         """Run the queued operations in one transaction; fire their Deferreds once it commits.
 
-        Not while the WAL is being reset (they wait for the next flush), unless ``force``d."""
+        Not while the WAL is being reset, unless ``force``d: the reset's end flushes what waits."""
         if self._paused and not force:
-            self._flush_call = None
             return []
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()  # called directly (close): the scheduled flush would find nothing
