@@ -56,7 +56,7 @@ MUTATE ?= \
 	snsd/trust/proxy.py=$(T)proxy.py \
 	snsd/trust/dedup.py=$(T)dedup.py \
 	snsd/breaker.py=tests/test_breaker.py \
-	snsd/spool.py=$(S)spool.py,$(S)spool_protocol.py,$(S)spool_versions.py \
+	snsd/spool.py=$(S)spool.py,$(S)spool_protocol.py,$(S)spool_versions.py,$(S)admin.py \
 	snsd/spool_schema.py=$(S)spool_versions.py,$(S)spool.py,$(S)spool_protocol.py
 MUTATE_ARGS ?=
 
