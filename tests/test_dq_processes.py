@@ -191,6 +191,34 @@ def test_close_stops_running_jobs_and_their_threads_raise():
         os.kill(pid, 0)  # stopped and reaped
 
 
+def _forever_the_first_time(started, flag: str, record: dict) -> dict:
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        started.put(os.getpid())
+        threading.Event().wait()
+    return {"verdict": "passed", "pid": os.getpid()}
+
+
+def test_a_job_stranded_in_a_pool_pebble_gave_up_on_runs_in_a_fresh_one(tmp_path):
+    """pebble can leave a job's future pending for ever once the pool is no longer active (a job
+    queued just as pebble broke the pool after an idle child died).  Stopping the pool under a
+    running job leaves its future pending in the same way, deterministically; without the check
+    in ``_result`` the thread waits for ever and ``running.result`` times out."""
+    job = ProcessPoolJob(None, processes=1)
+    with multiprocessing.get_context("spawn").Manager() as manager, ThreadPoolExecutor(1) as threads:
+        started = manager.Queue()
+        job._target = functools.partial(_forever_the_first_time, started, str(tmp_path / "flag"))
+        try:
+            running = threads.submit(job, S3ObjectRecord("b", "k"))
+            first = started.get(timeout=120)
+            job._pool.stop()  # pebble's own stop: the pool is no longer active, the future stays pending
+            result = running.result(timeout=60)
+            assert result["verdict"] == "passed" and result["pid"] != first
+            assert job.pools_replaced == 1
+        finally:
+            job.close()
+
+
 @pytest.mark.localstack
 def test_children_run_the_rules_validated_at_startup_not_the_file_as_edited_since(s3, rules):
     record = put(s3, "people.csv", b"id,age\n1,30\n")

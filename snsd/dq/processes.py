@@ -29,6 +29,9 @@ from snsd.records import S3ObjectRecord
 
 log = Logger()
 
+# How often a thread waiting for a job's result checks that pebble has not given up on its pool.
+POOL_CHECK_INTERVAL = 1.0
+
 _job = None  # this child process's DataQualityJob
 
 _CRASHED = (
@@ -131,7 +134,7 @@ class ProcessPoolJob:
                 future.cancel()
             self._waiting.add(future)
         try:
-            return future.result()
+            return _result(pool, future)
         except CancelledError:
             self._check_open()
             raise
@@ -182,6 +185,26 @@ class ProcessPoolJob:
             _stop(pool)
         for future in waiting:  # pebble leaves the futures of the jobs it stopped pending
             future.cancel()
+
+
+def _result(pool: ProcessPool, future: Future) -> dict:
+    """``future.result()``, unless pebble gives up on ``pool`` first.
+
+    pebble 5.x can leave a job's future pending for ever: a job scheduled just as pebble breaks the
+    pool (an idle child died) is taken by its scheduler thread after the pool has aborted the jobs it
+    knew of, and is sent to a channel no child reads any more.  Seen once in a loaded CI run as a
+    job hung after an idle child was killed.  So the waiting thread looks at the pool now and then,
+    and a job stranded in a pool that is no longer active raises ``BrokenProcessPool``, which sends
+    it to a fresh pool like every other job of a broken one."""
+    while True:
+        try:
+            return future.result(timeout=POOL_CHECK_INTERVAL)
+        except TimeoutError:
+            if future.done():  # the job itself raised TimeoutError (an S3 read, say)
+                raise
+            if not pool.active:
+                future.cancel()
+                raise BrokenProcessPool("the worker processes stopped with this job still queued") from None
 
 
 def _stop(pool: ProcessPool) -> None:
