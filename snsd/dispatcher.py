@@ -16,6 +16,7 @@ from snsd.admission import AlreadyAccepted, Backpressure, BreakerPolicy
 from snsd.batching import BATCH_WAIT, ShortJobBatches
 from snsd.breaker import CircuitBreaker, State
 from snsd.envelope import SNSEnvelope
+from snsd.idle import IdleWaiters
 from snsd.logs import Logger
 from snsd.records import S3ObjectRecord
 from snsd.results import run_job, verdict_of
@@ -63,7 +64,7 @@ class Dispatcher(Service):
         self._cursor = 0  # highest record id claimed since start
         self._claiming = False
         self._waiters: dict[int, list[Deferred]] = {}
-        self._idle: list[Deferred] = []
+        self._idle = IdleWaiters(clock)
         breaker.on_change(self._breaker_changed)
 
     # Not `running`: that name is Service's own started/stopped flag.
@@ -90,11 +91,7 @@ class Dispatcher(Service):
         self.batches.stop_holding()  # nothing starts any more: no batch waits for company
         if self.jobs_running == 0:
             return succeed(True)
-        done = Deferred()
-        self._idle.append(done)
-        timer = self.clock.callLater(timeout, lambda: done.called or done.callback(False))
-        done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
-        return done
+        return self._idle.wait(timeout)
 
     def dead_letter_unstarted(self, reason: str) -> Deferred:
         """At the end of an in-memory spool's drain: every record left becomes a logged dead letter."""
@@ -370,10 +367,7 @@ class Dispatcher(Service):
             for d in self._waiters.pop(record_id, ()):
                 d.callback(ok)
         if self.jobs_running == 0 and self._idle:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                if not d.called:
-                    d.callback(True)
+            self._idle.settle()
         self._pump()
 
 

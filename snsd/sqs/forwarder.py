@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from snsd import metrics
 from snsd.admission import AlreadyAccepted, Backpressure
 from snsd.dispatcher import _detached
+from snsd.idle import IdleWaiters
 from snsd.logs import Logger
 from snsd.sqs.codec import encode_record
 from snsd.sqs.queue import BATCH
@@ -71,7 +72,7 @@ class Forwarder(Service):
         self._cursor = 0  # the highest record id sent, or just below the first one to send again
         self._in_flight: Deferred | None = None
         self._retry = None  # the delayed call of the next try after a failure
-        self._idle: list[Deferred] = []
+        self._idle = IdleWaiters(clock)
 
     # -- the daemon's calls ------------------------------------------------------------------
 
@@ -93,11 +94,7 @@ class Forwarder(Service):
         self._cancel_retry()
         if self._in_flight is None:
             return succeed(True)
-        done = Deferred()
-        self._idle.append(done)
-        timer = self.clock.callLater(timeout, lambda: done.called or done.callback(False))
-        done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
-        return done
+        return self._idle.wait(timeout)
 
     def dead_letter_unstarted(self, reason: str) -> Deferred:
         """An in-memory spool's records die with the process: log each (as the dispatcher does)."""
@@ -263,7 +260,4 @@ class Forwarder(Service):
         return delay
 
     def _settle_idle(self) -> None:
-        idle, self._idle = self._idle, []
-        for d in idle:
-            if not d.called:
-                d.callback(True)
+        self._idle.settle()

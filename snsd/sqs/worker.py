@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succe
 from twisted.python.failure import Failure
 
 from snsd import metrics
+from snsd.idle import IdleWaiters
 from snsd.logs import Logger
 from snsd.results import run_job, verdict_of
 from snsd.sqs.codec import Discard, Later, Work, decode
@@ -100,7 +101,7 @@ class QueueWorker(Service):
         self._delete_call = None
         self._deleting: list[Deferred] = []
         self._retry = None
-        self._idle: list[Deferred] = []
+        self._idle = IdleWaiters(clock)
         breaker.on_change(lambda state: self._poll())
 
     # -- the daemon's calls --------------------------------------------------------------------
@@ -119,10 +120,7 @@ class QueueWorker(Service):
         if self.jobs_running == 0:
             finished = succeed(True)
         else:
-            finished = Deferred()
-            self._idle.append(finished)
-            timer = self.clock.callLater(timeout, lambda: finished.called or finished.callback(False))
-            finished.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+            finished = self._idle.wait(timeout)
 
         def release(all_done):
             return self._release_all().addBoth(lambda _: all_done)
@@ -321,10 +319,7 @@ class QueueWorker(Service):
             else:
                 self._delete(held, "done")
         if self.jobs_running == 0 and self._idle:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                if not d.called:
-                    d.callback(True)
+            self._idle.settle()
         self._poll()
 
     def _retry_delay(self, message: QueueMessage) -> int:
